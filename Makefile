@@ -1,0 +1,48 @@
+# Two commands set up everything on a fresh machine: `make up` and `make test`.
+SHELL := /bin/bash
+PY_SYS ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export PYTHONPATH := generated:.
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+PROTOS := $(sort $(shell find protos -name "*.proto"))
+
+.PHONY: venv proto lint up test test-live bench audit-verify clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Regenerates generated/ (messages, stubs, .pyi) from protos/; never edit generated/ by hand.
+proto: venv
+	rm -rf generated && mkdir -p generated
+	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party -I$(SITE)/grpc_tools/_proto \
+	  --python_out=generated --pyi_out=generated --grpc_python_out=generated $(PROTOS)
+
+lint: venv
+	$(VENV)/bin/buf lint
+	$(VENV)/bin/ruff check services edge tests
+	$(VENV)/bin/ruff format --check services edge tests
+
+generated/.stamp: $(PROTOS) | venv
+	$(MAKE) proto
+	touch $@
+
+# Starts every built service and the edge on embedded defaults; Ctrl-C stops them all.
+up: venv generated/.stamp
+	$(PY) -m services.launcher
+
+test: venv generated/.stamp
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: venv generated/.stamp
+	$(PY) -m tests.bench
+
+audit-verify: venv
+	$(PY) -m services.core.audit verify
+
+clean:
+	rm -rf generated .launchpad reports/logs

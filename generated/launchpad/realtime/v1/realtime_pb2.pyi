@@ -1,0 +1,76 @@
+import datetime
+
+from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from launchpad.api.v1 import options_pb2 as _options_pb2
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PublishRequest(_message.Message):
+    __slots__ = ("topic", "msg")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    MSG_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    msg: _struct_pb2.Value
+    def __init__(self, topic: _Optional[str] = ..., msg: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ...) -> None: ...
+
+class PublishResponse(_message.Message):
+    __slots__ = ("topic", "offset")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    offset: int
+    def __init__(self, topic: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+
+class ConnectRequest(_message.Message):
+    __slots__ = ("subscribe", "topic", "unsubscribe", "publish", "ping", "offset", "epoch")
+    SUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    PUBLISH_FIELD_NUMBER: _ClassVar[int]
+    PING_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    subscribe: str
+    topic: str
+    unsubscribe: str
+    publish: PublishRequest
+    ping: bool
+    offset: int
+    epoch: str
+    def __init__(self, subscribe: _Optional[str] = ..., topic: _Optional[str] = ..., unsubscribe: _Optional[str] = ..., publish: _Optional[_Union[PublishRequest, _Mapping]] = ..., ping: _Optional[bool] = ..., offset: _Optional[int] = ..., epoch: _Optional[str] = ...) -> None: ...
+
+class FrameError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class ConnectResponse(_message.Message):
+    __slots__ = ("type", "topic", "message", "offset", "epoch", "timestamp", "synthetic", "error", "recovered")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    SYNTHETIC_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RECOVERED_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    topic: str
+    message: _struct_pb2.Value
+    offset: int
+    epoch: str
+    timestamp: _timestamp_pb2.Timestamp
+    synthetic: bool
+    error: FrameError
+    recovered: bool
+    def __init__(self, type: _Optional[str] = ..., topic: _Optional[str] = ..., message: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., offset: _Optional[int] = ..., epoch: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., synthetic: _Optional[bool] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ..., recovered: _Optional[bool] = ...) -> None: ...
