@@ -1,0 +1,137 @@
+"""Typed configuration from the environment, read once per process. Bad values fail loudly at start-up."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES: dict[str, int] = {
+    "data": 8011,
+    "auth": 8012,
+    "storage": 8013,
+    "deploy": 8014,
+    "realtime": 8015,
+    "metrics": 8016,
+    "ai": 8017,
+    "logs": 8018,
+}
+EDGE_PORT = 8001
+METRICS_PORT_OFFSET = 1000
+
+
+class ConfigError(ValueError):
+    """A variable is set to something we cannot use."""
+
+
+def _env(name: str, default: str = "") -> str:
+    return os.environ.get(name, default).strip()
+
+
+def _int(name: str, default: int) -> int:
+    raw = _env(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _tristate(name: str) -> bool | None:
+    raw = _env(name).lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true, false or auto, got {raw!r}")
+
+
+def _list(name: str, default: str = "") -> tuple[str, ...]:
+    return tuple(item.strip() for item in _env(name, default).split(",") if item.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a service or the edge reads from the environment (see the README's table)."""
+
+    service: str
+    host: str
+    port: int
+    data_dir: Path
+    log_dir: Path
+    # None: auto (live when configured and answering, else embedded); True: embedded only; False: live only.
+    simulation_mode: bool | None
+    postgres_dsn: str
+    redis_url: str
+    jwt_issuer: str
+    jwt_audience: str
+    token_ttl_s: int
+    admin_password: str
+    cors_origins: tuple[str, ...]
+    max_body_bytes: int
+    rate_limit_per_minute: int
+    rate_limit_ip_per_minute: int
+    login_attempts_per_minute: int
+    query_timeout_ms: int
+    query_max_rows: int
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def metrics_port(self) -> int:
+        return self.port + METRICS_PORT_OFFSET if self.port else 0
+
+    @property
+    def env_label(self) -> str:
+        """"SIM" when every dependency runs embedded by choice, "LIVE" otherwise."""
+        return "SIM" if self.simulation_mode else "LIVE"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.data_dir / "audit.log"
+
+    def address(self, service: str) -> str:
+        return self.addresses[service]
+
+
+def _default_port(service: str) -> int:
+    if service == "edge":
+        return EDGE_PORT
+    return SERVICES[service]
+
+
+def load_settings(service: str) -> Settings:
+    """Reads the environment for `service` ("edge" or one of SERVICES)."""
+    if service != "edge" and service not in SERVICES:
+        raise ConfigError(f"unknown service {service!r}")
+    upper = service.upper()
+    host = _env("LAUNCHPAD_HOST", "127.0.0.1")
+    data_dir = Path(_env("LAUNCHPAD_DATA_DIR", ".launchpad")).resolve()
+    addresses = {
+        name: _env(f"LAUNCHPAD_{name.upper()}_ADDR", f"127.0.0.1:{_int(f'LAUNCHPAD_{name.upper()}_PORT', port)}")
+        for name, port in SERVICES.items()
+    }
+    return Settings(
+        service=service,
+        host=host,
+        port=_int(f"LAUNCHPAD_{upper}_PORT", _default_port(service)),
+        data_dir=data_dir,
+        log_dir=Path(_env("LAUNCHPAD_LOG_DIR", "reports/logs")).resolve(),
+        simulation_mode=_tristate("SIMULATION_MODE"),
+        postgres_dsn=_env("POSTGRES_DSN"),
+        redis_url=_env("REDIS_URL"),
+        jwt_issuer=_env("LAUNCHPAD_JWT_ISSUER", "launchpad-auth"),
+        jwt_audience=_env("LAUNCHPAD_JWT_AUDIENCE", "launchpad"),
+        token_ttl_s=_int("LAUNCHPAD_TOKEN_TTL_S", 3600),
+        admin_password=_env("LAUNCHPAD_ADMIN_PASSWORD"),
+        cors_origins=_list("LAUNCHPAD_CORS_ORIGINS", "http://localhost:3000,http://127.0.0.1:3000"),
+        max_body_bytes=_int("LAUNCHPAD_MAX_BODY_BYTES", 2 * 1024 * 1024),
+        rate_limit_per_minute=_int("LAUNCHPAD_RATE_LIMIT_PER_MINUTE", 6000),
+        rate_limit_ip_per_minute=_int("LAUNCHPAD_RATE_LIMIT_IP_PER_MINUTE", 12000),
+        login_attempts_per_minute=_int("LAUNCHPAD_LOGIN_ATTEMPTS_PER_MINUTE", 10),
+        query_timeout_ms=_int("LAUNCHPAD_QUERY_TIMEOUT_MS", 30000),
+        query_max_rows=_int("LAUNCHPAD_QUERY_MAX_ROWS", 10000),
+        addresses=addresses,
+    )

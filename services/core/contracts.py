@@ -1,0 +1,60 @@
+"""What the contracts say about each RPC, read once from the generated descriptors.
+
+Both the service kit (auth, roles, audit) and the edge (routes, deadlines) read method options from here, so
+the .proto files stay the single truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+from google.protobuf import descriptor_pool
+from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
+
+from launchpad.api.v1 import options_pb2
+
+DEFAULT_TIMEOUT_MS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class MethodPolicy:
+    """Access rules and edge hints of one RPC, from its launchpad.api.v1 options."""
+
+    full_name: str  # "/launchpad.data.v1.DataService/Query", as gRPC names it on the wire
+    public: bool
+    roles: frozenset[str]
+    write: bool
+    websocket_path: str
+    timeout_ms: int
+
+    def allows(self, roles: tuple[str, ...]) -> bool:
+        return not self.roles or any(role in self.roles for role in roles)
+
+
+def wire_name(method: MethodDescriptor) -> str:
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def method_policy(method: MethodDescriptor) -> MethodPolicy:
+    options = method.GetOptions()
+    access = options.Extensions[options_pb2.access]
+    return MethodPolicy(
+        full_name=wire_name(method),
+        public=access.public,
+        roles=frozenset(access.roles),
+        write=access.write,
+        websocket_path=options.Extensions[options_pb2.websocket].path,
+        timeout_ms=options.Extensions[options_pb2.timeout_ms] or DEFAULT_TIMEOUT_MS,
+    )
+
+
+def service_policies(*services: ServiceDescriptor) -> dict[str, MethodPolicy]:
+    """Policies of every method of the given services, keyed by wire name."""
+    return {wire_name(m): method_policy(m) for s in services for m in s.methods}
+
+
+@cache
+def find_service(full_name: str) -> ServiceDescriptor:
+    """A service descriptor by full name, from the default pool (its _pb2 module must be imported)."""
+    return descriptor_pool.Default().FindServiceByName(full_name)
