@@ -85,7 +85,7 @@ class Settings:
 
     @property
     def env_label(self) -> str:
-        """"SIM" when every dependency runs embedded by choice, "LIVE" otherwise."""
+        """ "SIM" when every dependency runs embedded by choice, "LIVE" otherwise."""
         return "SIM" if self.simulation_mode else "LIVE"
 
     @property
@@ -110,7 +110,9 @@ def load_settings(service: str) -> Settings:
     host = _env("LAUNCHPAD_HOST", "127.0.0.1")
     data_dir = Path(_env("LAUNCHPAD_DATA_DIR", ".launchpad")).resolve()
     addresses = {
-        name: _env(f"LAUNCHPAD_{name.upper()}_ADDR", f"127.0.0.1:{_int(f'LAUNCHPAD_{name.upper()}_PORT', port)}")
+        name: _env(
+            f"LAUNCHPAD_{name.upper()}_ADDR", f"127.0.0.1:{_int(f'LAUNCHPAD_{name.upper()}_PORT', port)}"
+        )
         for name, port in SERVICES.items()
     }
     return Settings(

@@ -1,0 +1,189 @@
+"""Server bootstrap shared by every gRPC service: one call builds, serves and stops a service.
+
+`run_service("data", build)` is the whole main of a service: JSON logs, the dependency registry, the audit
+log, the kit interceptor, grpc.health.v1 (NOT_SERVING while a required dependency is down), reflection,
+StatusService, Prometheus /metrics on the gRPC port + 1000, and graceful shutdown on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from launchpad.api.v1 import status_pb2, status_pb2_grpc
+from services.core.audit import AuditLog
+from services.core.clients import jwks_fetcher
+from services.core.config import Settings, load_settings
+from services.core.contracts import service_policies
+from services.core.deps import Registry
+from services.core.interceptors import KitInterceptor
+from services.core.jsonlog import setup_logging
+from services.core.metrics import serve_metrics
+from services.core.tokens import KeyProvider, RefreshingKeys, TokenVerifier
+
+VERSION = "0.1.0"
+HEALTH_INTERVAL_S = 2.0
+SHUTDOWN_GRACE_S = 5.0
+_MAX_MESSAGE = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    """One gRPC service to serve: its descriptor, the servicer and the generated add_*_to_server."""
+
+    descriptor: ServiceDescriptor
+    servicer: object
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+
+
+@dataclass(slots=True)
+class Runtime:
+    """What a service's build() gets: settings, dependency registry, audit log, logger.
+
+    build() may set `keys` (the auth service serves its own) and add `closers` run at shutdown.
+    """
+
+    settings: Settings
+    deps: Registry
+    audit: AuditLog
+    log: logging.Logger
+    keys: KeyProvider | None = None
+    closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
+    health: health.aio.HealthServicer | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for closer in reversed(self.closers):
+            with contextlib.suppress(Exception):
+                result = closer()
+                if asyncio.iscoroutine(result):
+                    await result
+        self.audit.close()
+
+
+def new_runtime(settings: Settings) -> Runtime:
+    log = setup_logging(settings.service, settings.log_dir)
+    return Runtime(settings, Registry(), AuditLog(settings.audit_path), log)
+
+
+class _Status(status_pb2_grpc.StatusServiceServicer):
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    async def GetStatus(
+        self, request: status_pb2.GetStatusRequest, context: Any
+    ) -> status_pb2.GetStatusResponse:
+        settings = self._runtime.settings
+        deps = self._runtime.deps.all()
+        embedded = settings.simulation_mode is True or any(dep.mode != "live" for dep in deps)
+        return status_pb2.GetStatusResponse(
+            service=settings.service,
+            version=VERSION,
+            env="SIM" if embedded else "LIVE",
+            dependencies=[
+                status_pb2.Dependency(
+                    name=d.name,
+                    mode=str(d.mode),
+                    target=d.target,
+                    healthy=d.healthy,
+                    detail=d.detail,
+                    remediation=d.remediation,
+                    required=d.required,
+                )
+                for d in deps
+            ],
+        )
+
+
+async def create_server(
+    runtime: Runtime, specs: list[ServiceSpec], port: int | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Builds and starts the server; port 0 picks a free one (tests). Returns (server, bound port)."""
+    settings = runtime.settings
+    keys = runtime.keys or RefreshingKeys(jwks_fetcher(settings.address("auth")))
+    verifier = TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
+    status_descriptor = status_pb2.DESCRIPTOR.services_by_name["StatusService"]
+    policies = service_policies(status_descriptor, *(spec.descriptor for spec in specs))
+    server = grpc.aio.server(
+        interceptors=[KitInterceptor(settings.service, policies, verifier, runtime.audit)],
+        options=[
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ],
+    )
+    for spec in specs:
+        spec.add_to_server(spec.servicer, server)
+    status_pb2_grpc.add_StatusServiceServicer_to_server(_Status(runtime), server)
+    runtime.health = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
+    names = [spec.descriptor.full_name for spec in specs]
+    reflection.enable_server_reflection(
+        [*names, status_descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    bound = server.add_insecure_port(f"{settings.host}:{settings.port if port is None else port}")
+    await server.start()
+    await _publish_health(runtime, names)
+    runtime.tasks.append(asyncio.create_task(_watch_health(runtime, names)))
+    return server, bound
+
+
+async def _publish_health(runtime: Runtime, names: list[str]) -> None:
+    serving = await runtime.deps.probe()
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+    assert runtime.health is not None
+    for name in ("", *names):
+        await runtime.health.set(name, status)
+
+
+async def _watch_health(runtime: Runtime, names: list[str]) -> None:
+    """Keeps grpc.health.v1 in step with the dependencies (NOT_SERVING while a required one is down)."""
+    while True:
+        await asyncio.sleep(HEALTH_INTERVAL_S)
+        try:
+            await _publish_health(runtime, names)
+        except Exception:
+            runtime.log.exception("health probe failed")
+
+
+def run_service(name: str, build: Callable[[Runtime], Awaitable[list[ServiceSpec]]]) -> None:
+    """The main of a gRPC service: serve until SIGTERM/SIGINT, then drain and stop."""
+    asyncio.run(_serve(load_settings(name), build))
+
+
+async def _serve(settings: Settings, build: Callable[[Runtime], Awaitable[list[ServiceSpec]]]) -> None:
+    runtime = new_runtime(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        specs = await build(runtime)
+        server, port = await create_server(runtime, specs)
+        serve_metrics(settings.host, settings.metrics_port)
+        runtime.log.info(
+            "serving",
+            extra={
+                "port": port,
+                "metrics_port": settings.metrics_port,
+                "deps": [str(d.mode) for d in runtime.deps.all()],
+            },
+        )
+        await stop.wait()
+        runtime.log.info("stopping: draining in-flight calls")
+        if runtime.health is not None:
+            await runtime.health.enter_graceful_shutdown()
+        await server.stop(SHUTDOWN_GRACE_S)
+    finally:
+        await runtime.close()
