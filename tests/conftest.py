@@ -1,0 +1,53 @@
+"""Fixtures for every test layer. Each test gets its own data dir and log dir; nothing touches ./.launchpad."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support import need_env
+
+_ISOLATED = (
+    "SIMULATION_MODE",
+    "POSTGRES_DSN",
+    "REDIS_URL",
+    "LAUNCHPAD_ADMIN_PASSWORD",
+    "LAUNCHPAD_JWT_KEY_PATH",
+)
+
+
+@pytest.fixture
+def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An isolated environment: embedded defaults, data and logs under tmp_path. Returns the data dir."""
+    for name in _ISOLATED:
+        monkeypatch.delenv(name, raising=False)
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("LAUNCHPAD_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("LAUNCHPAD_LOG_DIR", str(tmp_path / "logs"))
+    return data_dir
+
+
+@pytest.fixture(scope="session")
+def pg_dsn_value() -> str:
+    return os.environ.get("POSTGRES_DSN", "")
+
+
+@pytest.fixture
+def pg_dsn(pg_dsn_value: str, settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A real PostgreSQL DSN (POSTGRES_DSN), set in the isolated environment; skips when unset."""
+    dsn = pg_dsn_value or need_env("POSTGRES_DSN")
+    monkeypatch.setenv("POSTGRES_DSN", dsn)
+    return dsn
+
+
+@pytest.fixture(scope="session")
+def redis_url_value() -> str:
+    return os.environ.get("REDIS_URL", "")
+
+
+@pytest.fixture
+def redis_url(redis_url_value: str) -> str:
+    """A real Redis URL (REDIS_URL); skips when unset, fails under LAUNCHPAD_REQUIRE_LIVE=1."""
+    return redis_url_value or need_env("REDIS_URL")
