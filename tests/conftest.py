@@ -16,6 +16,8 @@ _ISOLATED = (
     "LAUNCHPAD_ADMIN_PASSWORD",
     "LAUNCHPAD_JWT_KEY_PATH",
 )
+# The real servers CI configured, read before any test isolates the environment.
+LIVE_ENV = {name: os.environ.get(name, "") for name in ("POSTGRES_DSN", "REDIS_URL")}
 
 
 @pytest.fixture
@@ -29,25 +31,15 @@ def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return data_dir
 
 
-@pytest.fixture(scope="session")
-def pg_dsn_value() -> str:
-    return os.environ.get("POSTGRES_DSN", "")
-
-
 @pytest.fixture
-def pg_dsn(pg_dsn_value: str, settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def pg_dsn(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A real PostgreSQL DSN (POSTGRES_DSN), set in the isolated environment; skips when unset."""
-    dsn = pg_dsn_value or need_env("POSTGRES_DSN")
+    dsn = LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN")
     monkeypatch.setenv("POSTGRES_DSN", dsn)
     return dsn
 
 
-@pytest.fixture(scope="session")
-def redis_url_value() -> str:
-    return os.environ.get("REDIS_URL", "")
-
-
 @pytest.fixture
-def redis_url(redis_url_value: str) -> str:
+def redis_url() -> str:
     """A real Redis URL (REDIS_URL); skips when unset, fails under LAUNCHPAD_REQUIRE_LIVE=1."""
-    return redis_url_value or need_env("REDIS_URL")
+    return LIVE_ENV["REDIS_URL"] or need_env("REDIS_URL")
