@@ -21,6 +21,7 @@ proto: venv
 	rm -rf generated && mkdir -p generated
 	$(PY) -m grpc_tools.protoc -Iprotos -Ithird_party -I$(SITE)/grpc_tools/_proto \
 	  --python_out=generated --pyi_out=generated --grpc_python_out=generated $(PROTOS)
+	touch generated/.stamp
 
 lint: venv
 	$(VENV)/bin/buf lint
@@ -29,7 +30,6 @@ lint: venv
 
 generated/.stamp: $(PROTOS) | venv
 	$(MAKE) proto
-	touch $@
 
 # Starts every built service and the edge on embedded defaults; Ctrl-C stops them all.
 up: venv generated/.stamp
