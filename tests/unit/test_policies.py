@@ -87,7 +87,7 @@ def test_several_conditions_are_all_required_and_all_reported() -> None:
     condition = {"record.owner": "$subject.sub", "record.amount": {"lte": 50}}
     ok = holds(condition, {"owner": "alice", "amount": 10})
     assert ok.decision == "allow"
-    assert ok.reason == "rule 0 (allow) matched: record.owner eq $subject.sub and record.amount lte 50"
+    assert ok.reason == "rule 0 (allow) matched: record.amount lte 50 and record.owner eq $subject.sub"
     partial = holds(condition, {"owner": "alice", "amount": 60})
     assert partial.decision == "deny"
     assert "record.amount lte 50 is false (record.amount is 60)" in partial.reason
@@ -190,6 +190,20 @@ def test_first_matching_allow_is_reported() -> None:
     decision = decide(rule("allow", {"record.x": 2}), rule("allow"), rule("allow"), record={"x": 1})
     assert (decision.decision, decision.rule_index) == ("allow", 1)
     assert decision.reason == "rule 1 (allow) matched: action 'read' on 'orders/1', no conditions"
+
+
+def test_allow_reason_names_deny_rules_whose_conditions_failed() -> None:
+    decision = decide(
+        rule("allow"),
+        rule("deny", {"record.amount": {"gt": 100}}),
+        rule("deny", actions=["delete"]),  # out of scope: not mentioned
+        record={"amount": "lots"},
+    )
+    assert (decision.decision, decision.rule_index) == ("allow", 0)
+    assert decision.reason == (
+        "rule 0 (allow) matched: action 'read' on 'orders/1', no conditions; "
+        'rule 1 (deny) not matched: record.amount gt 100: cannot compare string "lots" with number 100'
+    )
 
 
 def test_no_match_denies_and_explains_each_rule() -> None:

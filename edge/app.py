@@ -1,0 +1,146 @@
+"""The edge's app factory: routes from the contracts, middleware, health, metrics and docs.
+
+Middleware, outermost first: request id (every answer carries one), HTTP metrics, CORS (so browsers can read
+error answers too), body limit, content type, rate limit, WAF, then FastAPI's own exception layer and the
+router. All of it is plain ASGI -- no BaseHTTPMiddleware, no pydantic models on the request path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from google.protobuf.descriptor import ServiceDescriptor
+from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from edge.clients import Backends, JwksSource, make_verifier
+from edge.errors import error_response, request_id_of
+from edge.health import (
+    HealthChecker,
+    HealthEndpoint,
+    HttpMetricsMiddleware,
+    MetricsEndpoint,
+    configured_backends,
+)
+from edge.middleware import BodyLimitMiddleware, ContentTypeMiddleware, RequestIdMiddleware
+from edge.openapi import build_openapi
+from edge.ratelimit import RateLimiter, RateLimitMiddleware, make_limiter
+from edge.routes import EdgeContext, RouteTable, build_specs, contract_services, rpc_routes
+from edge.waf import WafMiddleware
+from edge.websocket import websocket_routes
+from services.core.audit import AuditLog
+from services.core.config import Settings, load_settings
+from services.core.errors import Code
+from services.core.server import VERSION
+from services.core.tokens import TokenVerifier
+
+log = logging.getLogger("launchpad.edge")
+
+_HTTP_CODES = {400: Code.INVALID_ARGUMENT, 401: Code.UNAUTHENTICATED, 403: Code.PERMISSION_DENIED}
+_HTTP_CODES |= {404: Code.NOT_FOUND, 405: Code.UNIMPLEMENTED, 413: Code.INVALID_ARGUMENT}
+_CORS_HEADERS = ["authorization", "content-type", "x-request-id", "grpc-timeout"]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    services: list[ServiceDescriptor] | None = None,
+    backends: Backends | None = None,
+    verifier: TokenVerifier | None = None,
+    limiter: RateLimiter | None = None,
+    audit: Any = None,
+    health_backends: list[str] | None = None,
+) -> FastAPI:
+    """The edge for `settings` (load_settings("edge") by default). Keyword arguments replace parts in tests:
+    `services` the contracts to expose (all of generated/ by default), `verifier` the token verifier (keys
+    from the auth service by default), `health_backends` the services /health checks (LAUNCHPAD_BACKENDS).
+    """
+    settings = settings or load_settings("edge")
+    route_specs, socket_specs = build_specs(services if services is not None else contract_services())
+    backends = backends or Backends(settings.addresses)
+    jwks = JwksSource(backends) if verifier is None else None
+    verifier = verifier or make_verifier(settings, jwks)
+    ctx = EdgeContext(backends, verifier, jwks)
+    checker = HealthChecker(backends, health_backends or configured_backends(), settings.simulation_mode)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await backends.close()
+
+    app = FastAPI(
+        title="Launchpad API",
+        version=VERSION,
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+        # No OpenTelemetry hooks: their per-request provider checks cost more than the edge's own work;
+        # the edge exports Prometheus metrics instead (GET /metrics).
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+    )
+    document = build_openapi(route_specs, socket_specs, VERSION)
+    app.openapi = lambda: document  # type: ignore[method-assign]
+    table = RouteTable(
+        [
+            Route("/health", HealthEndpoint(checker), methods=["GET"]),
+            Route("/metrics", MetricsEndpoint(), methods=["GET"]),
+            *rpc_routes(route_specs, ctx),
+        ]
+    )
+    app.router.routes[:0] = [table, *websocket_routes(socket_specs, ctx)]  # before FastAPI's /docs routes
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    _add_middleware(
+        app, settings, verifier, limiter or make_limiter(settings), audit or AuditLog(settings.audit_path)
+    )
+    app.state.edge = ctx
+    app.state.health = checker
+    return app
+
+
+def _add_middleware(
+    app: FastAPI, settings: Settings, verifier: TokenVerifier, limiter: Any, audit: Any
+) -> None:
+    # add_middleware wraps: the last one added is the outermost.
+    app.add_middleware(WafMiddleware, audit=audit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RateLimitMiddleware,
+        limiter=limiter,
+        verifier=verifier,
+        per_principal=settings.rate_limit_per_minute,
+        per_ip=settings.rate_limit_ip_per_minute,
+    )
+    app.add_middleware(ContentTypeMiddleware)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=_CORS_HEADERS,
+        expose_headers=["x-request-id", "retry-after"],
+        max_age=600,
+    )
+    app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Router answers (404 unknown path, 405 wrong method) in the edge's JSON error shape."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, Code.UNKNOWN)
+    return error_response(
+        code, str(exc.detail), request_id_of(request.scope), headers=exc.headers, http_status=exc.status_code
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    request_id = request_id_of(request.scope)
+    log.error("edge: unhandled error", exc_info=exc, extra={"request_id": request_id})
+    return error_response(Code.INTERNAL, f"internal error (request id {request_id})", request_id)

@@ -1,0 +1,209 @@
+"""Backend channels, deadlines, call metadata and the edge's own token verification.
+
+One grpc.aio channel per backend address, created on first use inside the running event loop and shared by
+every route of that service (HTTP/2 multiplexes the calls). Metadata carries exactly what the backends need:
+the verified bearer token, the request id, and the tenant taken from the verified token -- nothing a client
+sent is copied through, so a client `x-tenant-id` never reaches a service.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+import grpc
+import orjson
+from google.protobuf.descriptor import ServiceDescriptor
+from prometheus_client import Counter
+
+from edge import codec
+from launchpad.auth.v1 import auth_pb2
+from services.core.config import Settings
+from services.core.context import Principal
+from services.core.errors import Code, InvalidArgument, ServiceError, Unauthenticated
+from services.core.interceptors import DETAILS_KEY
+from services.core.tokens import RefreshingKeys, TokenVerifier
+
+log = logging.getLogger("launchpad.edge")
+
+_MAX_MESSAGE = 8 * 1024 * 1024
+_CHANNEL_OPTIONS = (
+    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+    ("grpc.max_send_message_length", _MAX_MESSAGE),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+)
+JWKS_TIMEOUT_S = 3.0
+_TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
+_UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_GET_JWKS = "/launchpad.auth.v1.AuthService/GetJwks"
+
+
+def service_name(service: ServiceDescriptor) -> str:
+    """Which backend serves a contract: package launchpad.<name>.v1 -> "<name>"."""
+    parts = service.full_name.split(".")
+    if len(parts) < 4 or parts[0] != "launchpad":
+        raise ValueError(f"{service.full_name} is not a launchpad.<service>.v1 contract")
+    return parts[1]
+
+
+class Backends:
+    """One channel per backend address; `close()` at shutdown."""
+
+    def __init__(self, addresses: dict[str, str]) -> None:
+        self.addresses = dict(addresses)
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def address(self, service: str) -> str:
+        try:
+            return self.addresses[service]
+        except KeyError:
+            raise ValueError(f"no address configured for the {service} service") from None
+
+    def channel(self, service: str) -> grpc.aio.Channel:
+        address = self.address(service)
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        return channel
+
+    async def close(self) -> None:
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close()
+
+
+def parse_grpc_timeout(value: str) -> float:
+    """`grpc-timeout` header ("500m", "2S", "1H") -> seconds, as the gRPC HTTP/2 spec spells it."""
+    match = _TIMEOUT.fullmatch(value.strip())
+    if match is None:
+        raise InvalidArgument(f"invalid grpc-timeout header {value[:40]!r}: expected e.g. 500m or 2S")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def deadline(default_s: float | None, header: str | None) -> float | None:
+    """The call's timeout in seconds: the route's default, lowered (never raised) by a grpc-timeout header."""
+    if header is None:
+        return default_s
+    requested = parse_grpc_timeout(header)
+    return requested if default_s is None else min(default_s, requested)
+
+
+def call_metadata(
+    request_id: str, principal: Principal | None, token: str | None
+) -> tuple[tuple[str, str], ...]:
+    """What the backend sees: request id always; token and tenant only when verified by the edge."""
+    if principal is None or token is None:
+        return (("x-request-id", request_id),)
+    return (
+        ("x-request-id", request_id),
+        ("authorization", f"Bearer {token}"),
+        ("x-tenant-id", principal.tenant),
+    )
+
+
+class JwksSource:
+    """async () -> the auth service's JWK Set, over the edge's own channel to auth.
+
+    A failed fetch raises BackendCallFailed (a ServiceError, so callers that only expect token errors cope)
+    and is remembered: while the keys cannot be fetched, "unknown key" means "auth is down", not "forged".
+    """
+
+    def __init__(self, backends: Backends) -> None:
+        self.backends = backends
+        self.failure: BackendCallFailed | None = None
+        self._encode = codec.encoder(auth_pb2.GetJwksResponse.DESCRIPTOR)
+
+    async def __call__(self) -> dict[str, Any]:
+        get_jwks = self.backends.channel("auth").unary_unary(
+            _GET_JWKS,
+            request_serializer=auth_pb2.GetJwksRequest.SerializeToString,
+            response_deserializer=auth_pb2.GetJwksResponse.FromString,
+            _registered_method=True,
+        )
+        metadata = (("x-request-id", f"edge-jwks-{uuid.uuid4().hex}"),)
+        try:
+            response = await get_jwks(auth_pb2.GetJwksRequest(), metadata=metadata, timeout=JWKS_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            self.failure = BackendCallFailed(exc, "auth")
+            raise self.failure from None
+        self.failure = None
+        return self._encode(response)
+
+
+def make_verifier(settings: Settings, jwks: JwksSource) -> TokenVerifier:
+    """ES256 verification with keys from the auth service (refreshed on an unknown kid)."""
+    return TokenVerifier(RefreshingKeys(jwks), settings.jwt_issuer, settings.jwt_audience)
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+BACKEND_ERRORS = Counter(
+    "launchpad_edge_backend_errors_total",
+    "Backend calls that failed, by service and gRPC code",
+    ["service", "code"],
+)
+# The channel's own failures (backend down, connection lost), as opposed to an UNAVAILABLE a service chose.
+_TRANSPORT_FAILURE = re.compile(
+    r"failed to connect|connection refused|connections to all backends failing|socket closed|"
+    r"connection reset|dns resolution failed|broken pipe|end of tcp stream",
+    re.IGNORECASE,
+)
+_INTERNAL_CODES = frozenset({Code.UNKNOWN, Code.INTERNAL, Code.DATA_LOSS})
+
+
+def describe_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> tuple[Code, str, list[Any]]:
+    """(code, client-safe message, structured details) of a failed backend call.
+
+    Messages of client errors come from the service verbatim; transport failures name the service instead of
+    echoing addresses; internal errors never repeat what the backend said (it may describe its internals).
+    """
+    code = Code(exc.code().value[0])
+    message = exc.details() or code.name
+    BACKEND_ERRORS.labels(service, code.name).inc()
+    if code == Code.UNAVAILABLE and _TRANSPORT_FAILURE.search(message):
+        log.warning("edge: %s service unreachable: %s", service, message)
+        message = f"the {service} service is unavailable (cannot connect)"
+    elif code == Code.DEADLINE_EXCEEDED and message == "Deadline Exceeded":
+        message = f"the {service} service did not answer before the deadline"
+    elif code in _INTERNAL_CODES:
+        log.error("edge: %s service failed with %s: %s", service, code.name, message)
+        message = f"internal error in the {service} service"
+    return code, message, _details(exc)
+
+
+def _details(exc: grpc.aio.AioRpcError) -> list[Any]:
+    for key, value in exc.trailing_metadata() or ():
+        if key == DETAILS_KEY:
+            try:
+                details = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                log.warning("edge: malformed %s trailer ignored", DETAILS_KEY)
+                return []
+            return details if isinstance(details, list) else [details]
+    return []
+
+
+class BackendCallFailed(ServiceError):
+    """A backend call failed while the edge served a request; carries the client-safe description."""
+
+    def __init__(self, exc: grpc.aio.AioRpcError, service: str) -> None:
+        code, message, details = describe_rpc_error(exc, service)
+        super().__init__(message, code=code)
+        self.detail_list = details
+
+
+async def authenticate(
+    verifier: TokenVerifier, authorization: str | None, jwks: JwksSource | None = None
+) -> tuple[Principal, str]:
+    """Verifies `Authorization: Bearer <jwt>` -> (principal, token). Unauthenticated (401) when it does not
+    verify; BackendCallFailed (503) when the keys cannot be fetched from the auth service."""
+    try:
+        principal = await verifier.verify_header(authorization)
+    except Unauthenticated:
+        if jwks is not None and jwks.failure is not None and authorization:
+            raise jwks.failure from None
+        raise
+    return principal, (authorization or "").partition(" ")[2].strip()

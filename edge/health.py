@@ -1,0 +1,191 @@
+"""GET /health (the backends' gRPC health and dependency modes) and GET /metrics (Prometheus).
+
+/health asks every backend in LAUNCHPAD_BACKENDS, concurrently and with a short deadline, for its
+grpc.health.v1 status and its StatusService dependencies. One answer is shared for CACHE_S and concurrent
+requests wait for the same check, so /health cannot be used to put load on the backends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from typing import Any
+
+import grpc
+import orjson
+from grpc_health.v1 import health_pb2
+from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from edge import codec
+from edge.clients import Backends
+from launchpad.api.v1 import status_pb2
+
+CHECK_TIMEOUT_S = 1.0
+CACHE_S = 1.0
+DEFAULT_BACKENDS = "data,auth"
+_HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+_GET_STATUS = "/launchpad.api.v1.StatusService/GetStatus"
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+_EMBEDDED_MODES = frozenset({"embedded", "fallback"})
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+HTTP_REQUESTS = Counter(
+    "launchpad_edge_http_requests_total", "HTTP requests answered by the edge", ["route", "method", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "launchpad_edge_http_request_duration_seconds",
+    "Time from request to the end of the response",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def configured_backends() -> list[str]:
+    """LAUNCHPAD_BACKENDS: the services /health checks (the ones that exist as servers)."""
+    raw = os.environ.get("LAUNCHPAD_BACKENDS", DEFAULT_BACKENDS)
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+class HealthChecker:
+    def __init__(self, backends: Backends, names: list[str], simulation_mode: bool | None) -> None:
+        self.backends = backends
+        self.names = names
+        self.simulation_mode = simulation_mode
+        self._encode_dependency = codec.encoder(status_pb2.Dependency.DESCRIPTOR)
+        self._cached: tuple[float, dict[str, Any]] | None = None
+        self._running: asyncio.Task[dict[str, Any]] | None = None
+
+    async def report(self) -> dict[str, Any]:
+        """The health document, at most CACHE_S old; one check in flight at a time."""
+        if self._cached is not None and time.monotonic() - self._cached[0] < CACHE_S:
+            return self._cached[1]
+        if self._running is None or self._running.done():
+            self._running = asyncio.ensure_future(self._check_all())
+        return await asyncio.shield(self._running)
+
+    async def _check_all(self) -> dict[str, Any]:
+        results = await asyncio.gather(*(self._check(name) for name in self.names))
+        services = dict(zip(self.names, results, strict=True))
+        healthy = all(s["status"] == "SERVING" for s in services.values())
+        modes = {d["mode"] for s in services.values() for d in s["dependencies"]}
+        simulated = self.simulation_mode is True or bool(modes & _EMBEDDED_MODES)
+        report = {"status": "ok" if healthy else "degraded", "env": "SIM" if simulated else "LIVE"}
+        report["services"] = services
+        self._cached = (time.monotonic(), report)
+        return report
+
+    async def _check(self, name: str) -> dict[str, Any]:
+        address = self.backends.address(name)
+        channel = self.backends.channel(name)
+        metadata = (("x-request-id", f"edge-health-{uuid.uuid4().hex[:12]}"),)
+        health = channel.unary_unary(
+            _HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        status = channel.unary_unary(
+            _GET_STATUS,
+            request_serializer=status_pb2.GetStatusRequest.SerializeToString,
+            response_deserializer=status_pb2.GetStatusResponse.FromString,
+        )
+        checked, described = await asyncio.gather(
+            health(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=CHECK_TIMEOUT_S),
+            status(status_pb2.GetStatusRequest(), metadata=metadata, timeout=CHECK_TIMEOUT_S),
+            return_exceptions=True,
+        )
+        return self._describe(address, checked, described)
+
+    def _describe(self, address: str, checked: Any, described: Any) -> dict[str, Any]:
+        if isinstance(checked, BaseException):
+            detail = (
+                checked.code().name if isinstance(checked, grpc.aio.AioRpcError) else type(checked).__name__
+            )
+            return {"status": "UNAVAILABLE", "address": address, "dependencies": [], "detail": detail}
+        entry: dict[str, Any] = {
+            "status": "SERVING" if checked.status == _SERVING else "NOT_SERVING",
+            "address": address,
+            "dependencies": [],
+        }
+        if isinstance(described, status_pb2.GetStatusResponse):
+            entry["dependencies"] = [self._encode_dependency(d) for d in described.dependencies]
+            entry["env"] = described.env
+            entry["version"] = described.version
+        return entry
+
+
+class HealthEndpoint:
+    """GET /health: 200 when every backend is SERVING, 503 (same document) otherwise."""
+
+    def __init__(self, checker: HealthChecker) -> None:
+        self.checker = checker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        report = await self.checker.report()
+        status = 200 if report["status"] == "ok" else 503
+        await _send(send, status, orjson.dumps(report), b"application/json")
+
+
+class MetricsEndpoint:
+    """GET /metrics: the process's prometheus_client registry (edge, rate limiter and WAF counters)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send(send, 200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST.encode())
+
+
+async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> None:
+    headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class HttpMetricsMiddleware:
+    """Counts every HTTP answer (including the middleware's 4xx) by route template, method and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._timers: dict[str, Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded label values
+            self._observe(_route_label(scope), method, status, time.perf_counter() - started)
+
+    def _observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        counter = self._counters.get((route, method, status))
+        if counter is None:
+            counter = self._counters[(route, method, status)] = HTTP_REQUESTS.labels(
+                route, method, str(status)
+            )
+        counter.inc()
+        timer = self._timers.get(route)
+        if timer is None:
+            timer = self._timers[route] = HTTP_SECONDS.labels(route)
+        timer.observe(seconds)
+
+
+def _route_label(scope: Scope) -> str:
+    """The contract's path template for RPC routes, the route path otherwise; never the raw URL."""
+    label = getattr(scope.get("endpoint"), "metrics_label", None)
+    if label:
+        return label
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"

@@ -1,0 +1,248 @@
+"""WebSocket <-> streaming RPC, for every method with the (launchpad.api.v1.websocket) option.
+
+- Bidi streams: each client text (or binary) frame is one JSON request message, each response message one
+  text frame.
+- Server streams: the request comes from the query parameters; a client frame replaces it (query parameters
+  plus the frame's fields) and restarts the stream -- so a client may also send its request as the first frame,
+  or change a filter without reconnecting.
+- Auth: the JWT from the `token` query parameter (browsers cannot set headers on a WebSocket) or the
+  Authorization header, verified before any frame is read; failure -> close 1008.
+- A frame that is not valid JSON for the request message gets an error frame
+  {"type": "error", "error": {"code", "message"}}; the stream goes on.
+- Backend errors: an error frame, then a close code that says what to do (1008 the request or the caller is
+  refused, 1013 try again later, 1011 internal).
+- Nothing is buffered without bound: the bridge reads the next frame only after the previous one was written
+  to the call (gRPC flow control), and reads the next response only after the previous frame was sent.
+- The client going away cancels the RPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+import grpc
+import orjson
+from prometheus_client import Gauge
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from edge import codec
+from edge.clients import BackendCallFailed, call_metadata
+from edge.errors import request_id_of
+from edge.routes import EdgeContext, WebSocketSpec
+from services.core.errors import Code, ServiceError
+
+log = logging.getLogger("launchpad.edge.ws")
+
+OPEN_SOCKETS = Gauge("launchpad_edge_websockets_open", "Open WebSocket bridges", ["path"])
+
+NORMAL, GOING_AWAY, POLICY, INTERNAL, TRY_AGAIN = 1000, 1001, 1008, 1011, 1013
+_CLOSE_CODES = {
+    Code.OK: NORMAL,
+    Code.CANCELLED: GOING_AWAY,
+    Code.INVALID_ARGUMENT: POLICY,
+    Code.NOT_FOUND: POLICY,
+    Code.ALREADY_EXISTS: POLICY,
+    Code.PERMISSION_DENIED: POLICY,
+    Code.FAILED_PRECONDITION: POLICY,
+    Code.OUT_OF_RANGE: POLICY,
+    Code.UNAUTHENTICATED: POLICY,
+    Code.RESOURCE_EXHAUSTED: TRY_AGAIN,
+    Code.ABORTED: TRY_AGAIN,
+    Code.DEADLINE_EXCEEDED: TRY_AGAIN,
+    Code.UNAVAILABLE: TRY_AGAIN,
+}
+_MAX_REASON = 120  # a close reason is at most 123 bytes
+
+
+def close_code(code: Code) -> int:
+    return _CLOSE_CODES.get(code, INTERNAL)
+
+
+def error_frame(code: Code, message: str, details: list[Any] | None = None) -> str:
+    error: dict[str, Any] = {"code": code.name, "message": message}
+    if details:
+        error["details"] = details
+    return orjson.dumps({"type": "error", "error": error}).decode()
+
+
+def _reason(message: str) -> str:
+    return message.encode()[:_MAX_REASON].decode(errors="ignore")
+
+
+class _Disconnected(Exception):
+    """The client closed the socket."""
+
+
+class _Session:
+    """One accepted socket: serialized sends, frame decoding, closing once."""
+
+    def __init__(self, ws: WebSocket, request_cls: Any, decode: Any, encode: Any) -> None:
+        self.ws = ws
+        self.request_cls = request_cls
+        self.decode = decode
+        self.encode = encode
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, text: str) -> None:
+        async with self._send_lock:
+            try:
+                await self.ws.send_text(text)
+            except (WebSocketDisconnect, OSError, RuntimeError):
+                raise _Disconnected from None  # the client went away while we were sending
+
+    async def send_response(self, response: Any) -> None:
+        await self.send(orjson.dumps(self.encode(response)).decode())
+
+    async def next_request(self, base: Any = None) -> Any:
+        """The next client frame as a request message (merged onto `base`); bad frames get an error frame."""
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise _Disconnected
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes") or b""
+            request = self.request_cls()
+            if base is not None:
+                request.CopyFrom(base)
+            try:
+                self.decode(request, codec.parse_json(raw), "")
+            except codec.CodecError as exc:
+                await self.send(error_frame(Code.INVALID_ARGUMENT, str(exc), [{"field": exc.field}]))
+                continue
+            return request
+
+    async def fail(self, code: Code, message: str, details: list[Any] | None = None) -> None:
+        with contextlib.suppress(Exception):  # the client may already be gone
+            await self.send(error_frame(code, message, details))
+        await self.close(close_code(code), message)
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self.ws.close(code, _reason(reason))
+
+
+class WebSocketBridge:
+    """The ASGI app behind one WebSocket route."""
+
+    def __init__(self, spec: WebSocketSpec, ctx: EdgeContext) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.metrics_label = spec.path
+        method = spec.method
+        self.request_cls = codec.message_class(method.input_type)
+        self.decode = codec.decoder(method.input_type)
+        self.encode = codec.encoder(method.output_type)
+        self.bidi = method.client_streaming
+        leaves = codec.text_leaves(method.input_type) if not self.bidi else {}
+        self.query_setters = {name: codec.text_setter(path) for name, path in leaves.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ws = WebSocket(scope, receive, send)
+        session = _Session(ws, self.request_cls, self.decode, self.encode)
+        request_id = request_id_of(scope) or uuid.uuid4().hex
+        try:
+            metadata = await self._metadata(ws, request_id)
+            first = None if self.bidi else self._query_request(ws)
+        except (ServiceError, codec.CodecError) as exc:
+            await ws.accept()
+            code = exc.code if isinstance(exc, ServiceError) else Code.INVALID_ARGUMENT
+            await session.fail(code, exc.message if isinstance(exc, ServiceError) else str(exc))
+            return
+        await ws.accept()
+        gauge = OPEN_SOCKETS.labels(self.spec.path)
+        gauge.inc()
+        try:
+            await self._serve(session, metadata, first, request_id)
+        finally:
+            gauge.dec()
+
+    async def _metadata(self, ws: WebSocket, request_id: str) -> tuple[tuple[str, str], ...]:
+        if self.spec.policy.public:
+            return call_metadata(request_id, None, None)
+        token = ws.query_params.get("token")
+        authorization = f"Bearer {token}" if token else ws.headers.get("authorization")
+        principal, verified = await self.ctx.authenticate(authorization)
+        return call_metadata(request_id, principal, verified)
+
+    def _query_request(self, ws: WebSocket) -> Any:
+        request = self.request_cls()
+        for name in ws.query_params:
+            setter = self.query_setters.get(name)
+            if setter is not None:  # `token` and unknown parameters are not request fields
+                setter(request, ws.query_params.getlist(name))
+        return request
+
+    async def _serve(self, session: _Session, metadata: Any, first: Any, request_id: str) -> None:
+        stub = self.ctx.multicallable(self.spec.service, self.spec.method)
+        try:
+            if self.bidi:
+                await self._bidi(session, stub(metadata=metadata, timeout=self.spec.timeout_s))
+            else:
+                await self._server_stream(session, stub, metadata, first)
+        except _Disconnected:
+            return
+        except grpc.aio.AioRpcError as exc:
+            failure = BackendCallFailed(exc, self.spec.service)
+            await session.fail(failure.code, failure.message, failure.detail_list)
+        except Exception:
+            log.exception("edge: websocket bridge failed", extra={"request_id": request_id})
+            await session.fail(Code.INTERNAL, f"internal error (request id {request_id})")
+        else:
+            await session.close(NORMAL, "stream ended")
+
+    async def _bidi(self, session: _Session, call: Any) -> None:
+        downstream = asyncio.ensure_future(self._pump(session, call))
+        upstream = asyncio.ensure_future(self._feed(session, call))
+        try:
+            await asyncio.wait({downstream, upstream}, return_when=asyncio.FIRST_COMPLETED)
+            if upstream.done() and upstream.exception() is not None:
+                raise upstream.exception()  # the client left: the finally cancels the call
+            await downstream  # the call ended (or refused a write): its status decides the close
+        finally:
+            call.cancel()
+            for task in (downstream, upstream):
+                task.cancel()
+            await asyncio.gather(downstream, upstream, return_exceptions=True)
+
+    async def _feed(self, session: _Session, call: Any) -> None:
+        while True:
+            request = await session.next_request()
+            try:
+                await call.write(request)
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                return  # the call is over; the response side reports how it ended
+
+    async def _pump(self, session: _Session, call: Any) -> None:
+        async for response in call:
+            await session.send_response(response)
+
+    async def _server_stream(self, session: _Session, stub: Any, metadata: Any, request: Any) -> None:
+        base = request
+        while True:
+            call = stub(request, metadata=metadata, timeout=self.spec.timeout_s)
+            downstream = asyncio.ensure_future(self._pump(session, call))
+            upstream = asyncio.ensure_future(session.next_request(base))
+            try:
+                await asyncio.wait({downstream, upstream}, return_when=asyncio.FIRST_COMPLETED)
+                if not upstream.done():
+                    await downstream  # the stream ended (OK or error) before the client sent anything
+                    return
+                request = upstream.result()  # a new request (raises _Disconnected when the client left)
+            finally:
+                call.cancel()
+                for task in (downstream, upstream):
+                    task.cancel()
+                await asyncio.gather(downstream, upstream, return_exceptions=True)
+
+
+def websocket_routes(specs: list[WebSocketSpec], ctx: EdgeContext) -> list[Any]:
+    from starlette.routing import WebSocketRoute
+
+    return [WebSocketRoute(spec.path, WebSocketBridge(spec, ctx)) for spec in specs]

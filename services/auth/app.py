@@ -1,0 +1,82 @@
+"""Wires the auth service: signing keys, platform database, first admin, servicer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.bootstrap import ensure_admin
+from services.auth.keys import KEY_FILE, load_key_ring
+from services.auth.login import Authenticator, TokenSettings
+from services.auth.passwords import Passwords
+from services.auth.policy_admin import PolicyAdmin
+from services.auth.ratelimit import LoginLimiter
+from services.auth.servicer import AuthServicer
+from services.auth.store import AuthStore
+from services.auth.users import Users
+from services.core.db import open_platform_db
+from services.core.errors import Unavailable
+from services.core.server import Runtime, ServiceSpec
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+ADMIN_RETRY_S = 5.0
+
+
+def key_path(data_dir: Path) -> Path:
+    """LAUNCHPAD_JWT_KEY_PATH (a mounted secret, shared by replicas), else <data_dir>/auth/jwt-signing-key.pem."""
+    configured = os.environ.get("LAUNCHPAD_JWT_KEY_PATH", "").strip()
+    return Path(configured) if configured else data_dir / "auth" / KEY_FILE
+
+
+async def build(runtime: Runtime) -> list[ServiceSpec]:
+    settings = runtime.settings
+    ring = await asyncio.to_thread(load_key_ring, key_path(settings.data_dir))
+    runtime.keys = ring.static_keys()  # the kit verifies our own tokens without calling us
+    runtime.log.info("jwt signing key ready", extra={"kid": ring.signing_kid, "keys": len(ring.keys)})
+    db = await open_platform_db(settings, runtime.deps, migrations=MIGRATIONS)
+    runtime.closers.append(db.close)
+    passwords = Passwords()
+    runtime.closers.append(passwords.close)
+    store = AuthStore(db)
+    await _first_admin(runtime, store, passwords)
+    tokens = TokenSettings(settings.token_ttl_s, settings.jwt_issuer, settings.jwt_audience)
+    limiter = LoginLimiter(settings.login_attempts_per_minute)
+    servicer = AuthServicer(
+        Authenticator(store, passwords, ring, limiter, tokens),
+        Users(store, passwords),
+        PolicyAdmin(store),
+        ring.jwks(),
+    )
+    descriptor = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
+    return [ServiceSpec(descriptor, servicer, auth_pb2_grpc.add_AuthServiceServicer_to_server)]
+
+
+async def _first_admin(runtime: Runtime, store: AuthStore, passwords: Passwords) -> None:
+    """Creates the first admin now, or (PostgreSQL down with SIMULATION_MODE=false) as soon as it answers."""
+    auth_dir = runtime.settings.data_dir / "auth"
+    admin_password = runtime.settings.admin_password
+
+    async def attempt() -> None:
+        await ensure_admin(store, passwords, auth_dir, admin_password, runtime.log)
+
+    try:
+        await attempt()
+    except Unavailable as exc:
+        runtime.log.warning("first admin not created yet: %s; retrying", exc.message)
+        runtime.tasks.append(asyncio.create_task(_retry(attempt, runtime)))
+
+
+async def _retry(attempt: Callable[[], Awaitable[None]], runtime: Runtime) -> None:
+    while True:
+        await asyncio.sleep(ADMIN_RETRY_S)
+        try:
+            await attempt()
+            return
+        except Unavailable:
+            continue
+        except Exception:
+            runtime.log.exception("creating the first admin failed")
+            return

@@ -1,0 +1,215 @@
+"""AuthService over gRPC: proto <-> domain conversion only; the rules live in the domain modules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.login import Authenticator
+from services.auth.policies import Decision
+from services.auth.policy_admin import PolicyAdmin
+from services.auth.store import PolicyRecord, UserRecord
+from services.auth.users import NewUser, UserChange, Users
+from services.core.context import ROLES, WRITE_ROLES, current_call, current_principal
+
+Context = grpc.aio.ServicerContext
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(self, authenticator: Authenticator, users: Users, policies: PolicyAdmin, jwks: dict) -> None:
+        self._auth = authenticator
+        self._users = users
+        self._policies = policies
+        self._jwks = auth_pb2.GetJwksResponse(keys=[auth_pb2.Jwk(**key) for key in jwks["keys"]])
+
+    async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
+        _target(request.username)
+        result = await self._auth.login(request.username, request.password, client_of(context))
+        return auth_pb2.LoginResponse(
+            token=result.token.token,
+            token_type="Bearer",
+            expires_at=_timestamp(result.token.expires_at * 1000),
+            expires_in=result.token.expires_at - result.token.issued_at,
+            user=user_message(result.user),
+        )
+
+    async def GetJwks(self, request: auth_pb2.GetJwksRequest, context: Context) -> auth_pb2.GetJwksResponse:
+        return self._jwks
+
+    async def GetCurrentUser(
+        self, request: auth_pb2.GetCurrentUserRequest, context: Context
+    ) -> auth_pb2.GetCurrentUserResponse:
+        return auth_pb2.GetCurrentUserResponse(user=user_message(await self._users.me(current_principal())))
+
+    async def ListUsers(
+        self, request: auth_pb2.ListUsersRequest, context: Context
+    ) -> auth_pb2.ListUsersResponse:
+        users = await self._users.list(current_principal())
+        return auth_pb2.ListUsersResponse(users=[user_message(user) for user in users])
+
+    async def CreateUser(
+        self, request: auth_pb2.CreateUserRequest, context: Context
+    ) -> auth_pb2.CreateUserResponse:
+        _target(request.username)
+        new = NewUser(request.username, request.password, tuple(request.roles), request.tenant)
+        user = await self._users.create(current_principal(), new)
+        return auth_pb2.CreateUserResponse(user=user_message(user))
+
+    async def GetUser(self, request: auth_pb2.GetUserRequest, context: Context) -> auth_pb2.GetUserResponse:
+        _target(request.username)
+        return auth_pb2.GetUserResponse(
+            user=user_message(await self._users.get(current_principal(), request.username))
+        )
+
+    async def UpdateUser(
+        self, request: auth_pb2.UpdateUserRequest, context: Context
+    ) -> auth_pb2.UpdateUserResponse:
+        _target(request.username)
+        change = UserChange(
+            password=request.password if request.HasField("password") else None,
+            roles=tuple(request.roles),
+            disabled=request.disabled if request.HasField("disabled") else None,
+        )
+        user = await self._users.update(current_principal(), request.username, change)
+        return auth_pb2.UpdateUserResponse(user=user_message(user))
+
+    async def DeleteUser(
+        self, request: auth_pb2.DeleteUserRequest, context: Context
+    ) -> auth_pb2.DeleteUserResponse:
+        _target(request.username)
+        await self._users.delete(current_principal(), request.username)
+        return auth_pb2.DeleteUserResponse(deleted=True)
+
+    async def ListRoles(
+        self, request: auth_pb2.ListRolesRequest, context: Context
+    ) -> auth_pb2.ListRolesResponse:
+        roles = [
+            auth_pb2.Role(name=name, description=text, can_write=name in WRITE_ROLES)
+            for name, text in ROLES.items()
+        ]
+        return auth_pb2.ListRolesResponse(roles=roles)
+
+    async def ListPolicies(
+        self, request: auth_pb2.ListPoliciesRequest, context: Context
+    ) -> auth_pb2.ListPoliciesResponse:
+        policies = await self._policies.list(current_principal())
+        return auth_pb2.ListPoliciesResponse(policies=[policy_message(p) for p in policies])
+
+    async def CreatePolicy(
+        self, request: auth_pb2.CreatePolicyRequest, context: Context
+    ) -> auth_pb2.CreatePolicyResponse:
+        _target(request.policy.name)
+        record = await self._policies.create(
+            current_principal(), policy_document(request.policy), request.policy.tenant
+        )
+        return auth_pb2.CreatePolicyResponse(policy=policy_message(record))
+
+    async def DryRunPolicy(
+        self, request: auth_pb2.DryRunPolicyRequest, context: Context
+    ) -> auth_pb2.DryRunPolicyResponse:
+        decisions = self._policies.dry_run(
+            current_principal(),
+            policy_document(request.policy),
+            [struct_to_dict(record) for record in request.records],
+            request.action,
+            request.resource,
+            struct_to_dict(request.subject) if request.HasField("subject") else None,
+        )
+        return auth_pb2.DryRunPolicyResponse(decisions=list(decision_messages(decisions)))
+
+
+# ------------------------------------------------------------------------------------------- conversions
+
+
+def _target(name: str) -> None:
+    """The audit log records whom or what an RPC was about."""
+    current_call().audit["target"] = name[:128]
+
+
+def client_of(context: Context) -> str:
+    """The client's address: the edge's x-forwarded-for (it replaces any client value), else the peer."""
+    forwarded = dict(context.invocation_metadata() or ()).get("x-forwarded-for", "")
+    if forwarded:
+        return forwarded.split(",")[0].strip()[:64]
+    peer = context.peer() or "unknown"
+    host = peer.split(":", 1)[
+        -1
+    ]  # "ipv4:127.0.0.1:5000" -> "127.0.0.1:5000"; "ipv6:[::1]:5000" -> "[::1]:5000"
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+def _timestamp(ms: int) -> timestamp_pb2.Timestamp | None:
+    if ms <= 0:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+def user_message(user: UserRecord) -> auth_pb2.User:
+    """A user as clients see it: never the password hash."""
+    return auth_pb2.User(
+        username=user.username,
+        roles=list(user.roles),
+        tenant=user.tenant,
+        disabled=user.disabled,
+        created_at=_timestamp(user.created_at),
+        updated_at=_timestamp(user.updated_at),
+        created_by=user.created_by,
+    )
+
+
+def policy_document(policy: auth_pb2.Policy) -> dict[str, Any]:
+    """The policy JSON the engine validates: {name, rules: [{effect, actions, resource, condition?}]}."""
+    rules = []
+    for rule in policy.rules:
+        item: dict[str, Any] = {
+            "effect": rule.effect,
+            "actions": list(rule.actions),
+            "resource": rule.resource,
+        }
+        if rule.HasField("condition"):
+            item["condition"] = struct_to_dict(rule.condition)
+        rules.append(item)
+    return {"name": policy.name, "rules": rules}
+
+
+def policy_message(record: PolicyRecord) -> auth_pb2.Policy:
+    rules = []
+    for rule in record.document.get("rules", []):
+        message = auth_pb2.Rule(effect=rule["effect"], actions=rule["actions"], resource=rule["resource"])
+        if "condition" in rule:
+            message.condition.update(rule["condition"])
+        rules.append(message)
+    return auth_pb2.Policy(
+        name=record.name,
+        rules=rules,
+        tenant=record.tenant,
+        created_at=_timestamp(record.created_at),
+        created_by=record.created_by,
+    )
+
+
+def decision_messages(decisions: Iterable[Decision]) -> Iterable[auth_pb2.Decision]:
+    for index, d in enumerate(decisions):
+        yield auth_pb2.Decision(index=index, decision=d.decision, rule_index=d.rule_index, reason=d.reason)
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A Struct as plain JSON values; whole numbers come back as ints (Struct stores every number as a double)."""
+    return _whole(json_format.MessageToDict(struct))
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    return value

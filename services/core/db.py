@@ -1,0 +1,488 @@
+"""The platform database: auth's users and policies, deploy's artifacts, each service's migrations.
+
+LIVE: PostgreSQL (POSTGRES_DSN) through a bounded psycopg2 pool; platform tables live in schema `launchpad`
+(every connection's search_path), which no tenant role can read. EMBEDDED / FALLBACK: one SQLite file,
+data_dir/platform.sqlite. SQL is written once with `?` placeholders for both. Blocking calls run in a
+bounded thread pool, never on the event loop. With SIMULATION_MODE=false and PostgreSQL down nothing falls
+back: the "sql" dependency is unhealthy and every call raises Unavailable until PostgreSQL answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+
+from services.core.blocking import Blocking
+from services.core.config import Settings
+from services.core.deps import Mode, Registry, select_mode
+from services.core.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Unavailable
+
+PLATFORM_SCHEMA = "launchpad"
+REMEDIATION = "set POSTGRES_DSN to a reachable PostgreSQL"
+CONNECT_TIMEOUT_S = 3
+STATEMENT_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = 10_000
+POOL_SIZE = 8
+# One advisory lock key for every migration runner, so replicas starting at once apply migrations in turn.
+MIGRATION_LOCK_KEY = 0x4C61_756E_6368  # "Launch"
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+
+class UniqueViolation(AlreadyExists):
+    """A unique or primary-key constraint refused the row (both backends)."""
+
+
+class MigrationError(RuntimeError):
+    """A migration file is malformed or failed to apply: the service must not start."""
+
+
+class PlatformDb(ABC):
+    """The platform tables of one process. SQL uses `?` placeholders on both backends."""
+
+    backend: str  # "postgresql" | "sqlite"
+
+    @abstractmethod
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    @abstractmethod
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Runs one statement in its own transaction; returns the row count."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Raises Unavailable when the database does not answer (the Registry check)."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+# --- SQL text helpers ------------------------------------------------------------------------------------
+
+_QMARK_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?|%", re.DOTALL)
+
+
+@lru_cache(maxsize=512)
+def to_pyformat(sql: str) -> str:
+    """`?` placeholders -> psycopg2's `%s`; a literal `%` becomes `%%`. Quotes and comments are left alone."""
+
+    def swap(match: re.Match[str]) -> str:
+        token = match.group(0)
+        if token == "?":
+            return "%s"
+        return token.replace("%", "%%")
+
+    return _QMARK_TOKENS.sub(swap, sql)
+
+
+def split_sqlite_script(script: str) -> list[str]:
+    """Statements of a script, split where SQLite itself says a statement is complete (triggers included)."""
+    statements, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
+
+
+# --- Error mapping ---------------------------------------------------------------------------------------
+
+_SQLITE_DOWN = {5, 6, 8, 10, 11, 13, 14, 26}  # BUSY LOCKED READONLY IOERR CORRUPT FULL CANTOPEN NOTADB
+_SQLITE_UNIQUE = {1555, 2067}  # SQLITE_CONSTRAINT_PRIMARYKEY, SQLITE_CONSTRAINT_UNIQUE
+
+
+def platform_pg_error(exc: psycopg2.Error) -> Exception:
+    """The ServiceError a platform caller sees; a plain bug in our own SQL stays what it is."""
+    if isinstance(exc, psycopg2.errors.UniqueViolation):
+        return UniqueViolation(
+            exc.diag.message_primary or "duplicate key", constraint=exc.diag.constraint_name
+        )
+    if isinstance(exc, psycopg2.errors.QueryCanceled):
+        return DeadlineExceeded("platform database statement timed out")
+    if isinstance(exc, psycopg2.IntegrityError):
+        return FailedPrecondition(exc.diag.message_primary or str(exc), sqlstate=exc.pgcode)
+    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+        return Unavailable(f"PostgreSQL is not available: {first_line(exc)}")
+    return exc
+
+
+def platform_sqlite_error(exc: sqlite3.Error) -> Exception:
+    code = getattr(exc, "sqlite_errorcode", 0)
+    if code in _SQLITE_UNIQUE:
+        return UniqueViolation(str(exc))
+    if isinstance(exc, sqlite3.IntegrityError):
+        return FailedPrecondition(str(exc))
+    if code & 0xFF in _SQLITE_DOWN:
+        return Unavailable(f"SQLite platform database is not available: {exc}")
+    return exc
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# --- Migrations ------------------------------------------------------------------------------------------
+
+_MIGRATION_FILE = re.compile(r"^(\d{3,})_([a-z0-9_]+?)(?:\.(postgresql|sqlite))?\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations(folder: Path, dialect: str) -> list[Migration]:
+    """NNN_name.sql files in version order; NNN_name.<dialect>.sql replaces the generic file of a version."""
+    chosen: dict[int, tuple[str, str | None, Path]] = {}
+    for path in sorted(folder.glob("*.sql")) if folder.is_dir() else []:
+        match = _MIGRATION_FILE.match(path.name)
+        if match is None:
+            raise MigrationError(f"{path}: migration files are named NNN_name[.postgresql|.sqlite].sql")
+        version, name, variant = int(match[1]), match[2], match[3]
+        previous = chosen.get(version)
+        if previous and previous[0] != name:
+            raise MigrationError(f"{folder}: version {version} is both {previous[0]!r} and {name!r}")
+        if variant not in (None, dialect) or (previous and previous[1] == dialect):
+            continue
+        chosen[version] = (name, variant, path)
+    return [Migration(v, n, p.read_text()) for v, (n, _, p) in sorted(chosen.items())]
+
+
+def service_of(folder: Path) -> str:
+    """The key migrations are recorded under: services/auth/migrations -> "auth"."""
+    return folder.parent.name if folder.name == "migrations" else folder.name
+
+
+_PG_LEDGER = f"""
+CREATE SCHEMA IF NOT EXISTS {PLATFORM_SCHEMA};
+REVOKE ALL ON SCHEMA {PLATFORM_SCHEMA} FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS {PLATFORM_SCHEMA}.schema_migrations (
+    service text NOT NULL, version integer NOT NULL, name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (service, version))
+"""
+_SQLITE_LEDGER = """
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    service TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,
+    applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), PRIMARY KEY (service, version))
+"""
+
+
+def migrate_pg(conn: psycopg2.extensions.connection, service: str, migrations: list[Migration]) -> int:
+    """Applies pending migrations under the advisory lock, one transaction each. Returns how many ran."""
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            cur.execute(_PG_LEDGER)
+            cur.execute(
+                f"SELECT version FROM {PLATFORM_SCHEMA}.schema_migrations WHERE service = %s", (service,)
+            )
+            done = {row[0] for row in cur.fetchall()}
+            pending = [m for m in migrations if m.version not in done]
+            for migration in pending:
+                _apply_pg(conn, service, migration)
+            return len(pending)
+        finally:
+            conn.autocommit = True
+            cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def _apply_pg(conn: psycopg2.extensions.connection, service: str, migration: Migration) -> None:
+    conn.autocommit = False
+    try:
+        with conn.cursor() as cur:
+            cur.execute(migration.sql)
+            cur.execute(
+                f"INSERT INTO {PLATFORM_SCHEMA}.schema_migrations (service, version, name) VALUES (%s, %s, %s)",
+                (service, migration.version, migration.name),
+            )
+        conn.commit()
+    except psycopg2.Error as exc:
+        conn.rollback()
+        if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
+            raise
+        raise MigrationError(f"{service} migration {migration.version:03d}_{migration.name}: {exc}") from exc
+
+
+def migrate_sqlite(conn: sqlite3.Connection, service: str, migrations: list[Migration]) -> int:
+    """Applies pending migrations in one BEGIN IMMEDIATE transaction (other runners wait on busy_timeout)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_SQLITE_LEDGER)
+        done = {
+            r[0] for r in conn.execute("SELECT version FROM schema_migrations WHERE service = ?", (service,))
+        }
+        pending = [m for m in migrations if m.version not in done]
+        for migration in pending:
+            try:
+                for statement in split_sqlite_script(migration.sql):
+                    conn.execute(statement)
+            except sqlite3.Error as exc:
+                raise MigrationError(
+                    f"{service} migration {migration.version:03d}_{migration.name}: {exc}"
+                ) from exc
+            conn.execute(
+                "INSERT INTO schema_migrations (service, version, name) VALUES (?, ?, ?)",
+                (service, migration.version, migration.name),
+            )
+        conn.execute("COMMIT")
+        return len(pending)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------
+
+
+def pg_connect_kwargs(search_path: str = PLATFORM_SCHEMA) -> dict[str, Any]:
+    """Per-connection settings sent in the start-up packet (no extra round trip)."""
+    options = f"-c search_path={search_path} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
+    return {"connect_timeout": CONNECT_TIMEOUT_S, "options": options, "application_name": "launchpad"}
+
+
+class PgPool:
+    """A bounded set of reusable psycopg2 connections, used from worker threads.
+
+    Not psycopg2.pool.ThreadedConnectionPool: that one opens `minconn` connections eagerly (failing start-up
+    when PostgreSQL is down) and closes every returned connection beyond `minconn`, so a lazily filled pool
+    would reconnect on every call. Concurrency is bounded by the callers (a semaphore and a fixed number of
+    worker threads); this keeps at most `size` idle connections and drops broken ones.
+    """
+
+    def __init__(self, dsn: str, size: int, **connect_kwargs: Any) -> None:
+        self.dsn, self.size, self._kwargs = dsn, size, connect_kwargs
+        self._idle: list[psycopg2.extensions.connection] = []
+        self._closed = False
+
+    def get(self) -> psycopg2.extensions.connection:
+        try:
+            return self._idle.pop()  # list.pop is atomic: no lock needed between worker threads
+        except IndexError:
+            return psycopg2.connect(self.dsn, **self._kwargs)
+
+    def put(self, conn: psycopg2.extensions.connection) -> None:
+        """Keeps a healthy, idle connection for reuse; closes anything else."""
+        idle = not conn.closed and conn.info.transaction_status == psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        if idle and not self._closed and len(self._idle) < self.size:
+            self._idle.append(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        self._closed = True
+        while self._idle:
+            self._idle.pop().close()
+
+
+class PgPlatformDb(PlatformDb):
+    backend = "postgresql"
+
+    def __init__(self, dsn: str, folder: Path, *, size: int = POOL_SIZE) -> None:
+        self.dsn = dsn
+        self._pool = PgPool(dsn, size, **pg_connect_kwargs())
+        self._slots = asyncio.Semaphore(size)
+        self._blocking = Blocking("platform-pg", size)
+        self._service, self._migrations = service_of(folder), load_migrations(folder, "postgresql")
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self.run(_pg_fetchall, to_pyformat(sql), tuple(params))
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self.run(_pg_execute, to_pyformat(sql), tuple(params))
+
+    async def ping(self) -> None:
+        await self.run(_pg_execute, "SELECT 1", ())
+
+    async def close(self) -> None:
+        await self._blocking.run(self._pool.close)
+        self._blocking.shutdown()
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """fn(cursor, *args) on a pooled autocommit connection, in the thread pool, errors mapped."""
+        await self.ensure_ready()
+        return await self._call(fn, *args)
+
+    async def ensure_ready(self) -> None:
+        """Runs the migrations once, as soon as PostgreSQL answers (at start-up, or later when it comes back)."""
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if not self._ready:
+                await self._call(_pg_migrate_cursor, self._service, self._migrations)
+                self._ready = True
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._slots:
+            return await self._blocking.run(self._with_connection, fn, *args)
+
+    def _with_connection(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            conn = self._pool.get()
+            conn.autocommit = True
+        except psycopg2.Error as exc:
+            raise platform_pg_error(exc) from exc
+        try:
+            with conn.cursor() as cur:
+                return fn(cur, *args)
+        except psycopg2.Error as exc:
+            raise platform_pg_error(exc) from exc
+        finally:
+            self._pool.put(conn)
+
+
+def _pg_fetchall(cur: psycopg2.extensions.cursor, sql: str, params: tuple[Any, ...]) -> list[Row]:
+    cur.execute(sql, params)
+    names = [column.name for column in cur.description or ()]
+    return [{n: _plain(v) for n, v in zip(names, row, strict=True)} for row in cur.fetchall()]
+
+
+def _pg_execute(cur: psycopg2.extensions.cursor, sql: str, params: tuple[Any, ...]) -> int:
+    cur.execute(sql, params)
+    return cur.rowcount
+
+
+def _pg_migrate_cursor(cur: psycopg2.extensions.cursor, service: str, migrations: list[Migration]) -> int:
+    return migrate_pg(cur.connection, service, migrations)
+
+
+def _plain(value: Any) -> Any:
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+# --- SQLite ----------------------------------------------------------------------------------------------
+
+
+def connect_sqlite(path: Path | str, *, uri: bool = False) -> sqlite3.Connection:
+    """An autocommit connection (transactions are explicit), WAL, busy_timeout, usable from pool threads."""
+    conn = sqlite3.connect(path, uri=uri, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return conn
+
+
+class SqlitePlatformDb(PlatformDb):
+    backend = "sqlite"
+
+    def __init__(self, path: Path, folder: Path, *, size: int = 4) -> None:
+        self.path = path
+        self._idle: list[sqlite3.Connection] = []
+        self._slots = asyncio.Semaphore(size)
+        self._blocking = Blocking("platform-sqlite", size)
+        self._service, self._migrations = service_of(folder), load_migrations(folder, "sqlite")
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        await self._call(_sqlite_setup, self._service, self._migrations)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._call(_sqlite_fetchall, sql, tuple(params))
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self._call(_sqlite_execute, sql, tuple(params))
+
+    async def ping(self) -> None:
+        await self._call(_sqlite_execute, "SELECT 1", ())
+
+    async def close(self) -> None:
+        for conn in self._idle:
+            conn.close()
+        self._idle.clear()
+        self._blocking.shutdown()
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        async with self._slots:
+            return await self._blocking.run(self._with_connection, fn, *args)
+
+    def _with_connection(self, fn: Callable[..., T], *args: Any) -> T:
+        # Runs in a pool thread; at most `size` threads, so at most `size` connections, one thread each.
+        try:
+            conn = self._idle.pop() if self._idle else self._connect()
+        except sqlite3.Error as exc:
+            raise platform_sqlite_error(exc) from exc
+        try:
+            return fn(conn, *args)
+        except sqlite3.Error as exc:
+            raise platform_sqlite_error(exc) from exc
+        finally:  # autocommit connections stay usable after a failed statement
+            self._idle.append(conn)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = connect_sqlite(self.path)
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+
+def _sqlite_setup(conn: sqlite3.Connection, service: str, migrations: list[Migration]) -> int:
+    conn.execute("PRAGMA journal_mode = WAL")
+    return migrate_sqlite(conn, service, migrations)
+
+
+def _sqlite_fetchall(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Row]:
+    cur = conn.execute(sql, params)
+    names = [column[0] for column in cur.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def _sqlite_execute(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> int:
+    return conn.execute(sql, params).rowcount
+
+
+# --- Opening ---------------------------------------------------------------------------------------------
+
+
+def pg_reachable(dsn: str) -> bool:
+    try:
+        psycopg2.connect(dsn, connect_timeout=CONNECT_TIMEOUT_S).close()
+    except psycopg2.Error:
+        return False
+    return True
+
+
+async def open_platform_db(settings: Settings, deps: Registry, *, migrations: Path) -> PlatformDb:
+    """Chooses the backend (DESIGN section 4), applies `migrations`, registers dependency "sql"."""
+    configured = bool(settings.postgres_dsn)
+    reachable = False
+    if configured and settings.simulation_mode is not True:
+        reachable = await asyncio.to_thread(pg_reachable, settings.postgres_dsn)
+    mode = select_mode(settings.simulation_mode, configured, reachable)
+    if mode is Mode.LIVE:
+        return await _open_pg(settings.postgres_dsn, deps, migrations, reachable)
+    db = SqlitePlatformDb(settings.data_dir / "platform.sqlite", migrations)
+    await db.open()
+    detail = "PostgreSQL not answering at start-up" if mode is Mode.FALLBACK else "SQLite in the data dir"
+    deps.add("sql", mode, str(db.path), detail=detail, remediation=REMEDIATION, check=db.ping)
+    return db
+
+
+async def _open_pg(dsn: str, deps: Registry, migrations: Path, reachable: bool) -> PgPlatformDb:
+    db = PgPlatformDb(dsn, migrations)
+    deps.add("sql", Mode.LIVE, dsn, detail="PostgreSQL", check=db.ping)
+    if not reachable:  # SIMULATION_MODE=false: stay on PostgreSQL, unhealthy, migrations run when it answers
+        deps.mark("sql", False, "PostgreSQL not answering (SIMULATION_MODE=false: no fallback)")
+        return db
+    await db.ensure_ready()
+    return db

@@ -1,0 +1,526 @@
+"""Tenant SQL on PostgreSQL: isolation by the database's own roles and schemas, not by string checks.
+
+Each tenant gets a schema t_<tenant> and two LOGIN roles, lp_<tenant>_rw and lp_<tenant>_ro, members of no
+other role; the platform schema and other tenants' schemas grant them nothing. This service connects AS the
+tenant role (its password is an HMAC of a service secret), so SET ROLE, RESET ROLE, set_config('role', ...)
+and SET SESSION AUTHORIZATION cannot raise privileges, and superuser-only functions (pg_read_file, COPY ...
+PROGRAM, lo_import) fail with permission errors. Viewers use the read-only role, in READ ONLY transactions.
+
+Every call is one transaction with SET LOCAL statement_timeout; a row-returning query is read through a
+cursor (FETCH max_rows + 1), so a huge result never reaches this process. Afterwards the session is reset
+(settings, advisory locks, temp tables, prepared statements), so one call never leaks state into the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import orjson
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions as ext
+from psycopg2 import sql as pgsql
+
+from services.core.blocking import Blocking
+from services.core.db import PgPlatformDb, PgPool, first_line
+from services.core.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    PermissionDenied,
+    ServiceError,
+    Unavailable,
+)
+from services.data.model import (
+    Caller,
+    Column,
+    ForeignKey,
+    Json,
+    Limits,
+    Plan,
+    QueryResult,
+    Table,
+    TableColumn,
+    TenantSql,
+    checked_tenant,
+)
+from services.data.sqltext import Rendered, Statement, reads_only, render, scan
+
+T = TypeVar("T")
+BACKEND = "postgresql"
+PER_TENANT = 4
+WORKERS = 16
+MAX_OPEN_TENANTS = 32
+LAYOUT = 1  # bump when provisioning changes: tenants recorded with an older layout are provisioned again
+PROVISION_LOCK = 0x4C50  # first key of pg_advisory_xact_lock(int, int); the second is hashtext(tenant)
+
+_CURSOR = "lp_rows"
+# Statements that DECLARE ... CURSOR FOR accepts (a data-modifying WITH falls back to a plain execute).
+_CURSORABLE = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
+_EXPLAINABLE = _CURSORABLE | {"INSERT", "UPDATE", "DELETE", "MERGE", "EXECUTE", "DECLARE", "CREATE"}
+# Everything a statement may leave behind in the session, cleared inside the same round trip as COMMIT.
+_RESET = "RESET ALL; SELECT pg_advisory_unlock_all(); CLOSE ALL; DEALLOCATE ALL; UNLISTEN *; DISCARD TEMP"
+_AFFECTING = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
+
+
+@dataclass(frozen=True, slots=True)
+class TenantNames:
+    """Database names of one tenant; safe because the tenant name matched TENANT_NAME."""
+
+    tenant: str
+
+    @property
+    def schema(self) -> str:
+        return f"t_{self.tenant}"
+
+    def role(self, writable: bool) -> str:
+        return f"lp_{self.tenant}_{'rw' if writable else 'ro'}"
+
+
+def role_password(secret: bytes, role: str) -> str:
+    return hmac.new(secret, f"launchpad-tenant-role:{role}".encode(), hashlib.sha256).hexdigest()
+
+
+# --- Value mapping: what psycopg2 returns for each type (registered on tenant connections only) --------
+
+
+def _timestamp(value: str | None, cur: Any) -> str | None:
+    return None if value is None else value.replace(" ", "T", 1)  # PostgreSQL's ISO style -> ISO 8601
+
+
+def _text(value: str | None, cur: Any) -> str | None:
+    return value
+
+
+def _json(value: str | None, cur: Any) -> Json | None:
+    return None if value is None else Json(orjson.loads(value))
+
+
+def _bytea(value: str | None, cur: Any) -> bytes | None:
+    return None if value is None else bytes(psycopg2.BINARY(value, cur))
+
+
+def _casters() -> list[Any]:
+    scalar = [
+        ((1114, 1184), "LP_TIMESTAMP", _timestamp, (1115, 1185)),
+        ((1082, 1083, 1266, 1186), "LP_TEXT", _text, (1182, 1183, 1270, 1187)),
+        ((3904, 3906, 3908, 3910, 3912, 3926), "LP_RANGE", _text, (3905, 3907, 3909, 3911, 3913, 3927)),
+        ((114, 3802), "LP_JSON", _json, (199, 3807)),
+        ((17,), "LP_BYTEA", _bytea, (1001,)),
+    ]
+    casters = []
+    for oids, name, fn, array_oids in scalar:
+        caster = ext.new_type(oids, name, fn)
+        casters += [caster, ext.new_array_type(array_oids, f"{name}[]", caster)]
+    return casters
+
+
+_CASTERS = _casters()
+
+
+class TenantConnection(ext.connection):
+    """A tenant session: our value mapping, autocommit (each call writes its own BEGIN ... COMMIT)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for caster in _CASTERS:
+            ext.register_type(caster, self)
+        self.autocommit = True
+
+
+_TYPE_NAMES: dict[int, str] = {
+    16: "boolean", 17: "bytea", 19: "name", 20: "bigint", 21: "smallint", 23: "integer", 25: "text",
+    26: "oid", 114: "json", 700: "real", 701: "double precision", 705: "unknown", 1042: "character",
+    1043: "character varying", 1082: "date", 1083: "time", 1114: "timestamp", 1184: "timestamptz",
+    1186: "interval", 1266: "timetz", 1700: "numeric", 2950: "uuid", 3802: "jsonb", 869: "inet",
+}  # fmt: skip
+
+
+def _type_names(cur: ext.cursor, oids: list[int]) -> list[str]:
+    """Type names of result columns; unknown ones are looked up once per process."""
+    missing = [oid for oid in oids if oid not in _TYPE_NAMES]
+    if missing:
+        cur.execute("SELECT oid, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(%s)", (missing,))
+        _TYPE_NAMES.update(cur.fetchall())
+    return [_TYPE_NAMES.get(oid, str(oid)) for oid in oids]
+
+
+def _literal(cur: ext.cursor, value: Any) -> str:
+    """A parameter as a SQL literal, quoted by the driver, parenthesized so it binds like a value."""
+    if isinstance(value, Json):
+        value = orjson.dumps(value.value).decode()  # an untyped literal: PostgreSQL infers json/jsonb
+    return f"({cur.mogrify('%s', (value,)).decode()})"
+
+
+# --- Errors ---------------------------------------------------------------------------------------------
+
+
+class _Stale(Exception):
+    """The pooled connection was dead before our statement ran: safe to retry on a fresh one."""
+
+
+class _LoginRefused(Exception):
+    """The tenant role could not log in (dropped, or its password changed): provision again."""
+
+
+def tenant_error(exc: psycopg2.Error, limits: Limits, rendered: Rendered | None, offset: int) -> ServiceError:
+    """The caller's view of a failed statement, with PostgreSQL's message, SQLSTATE and position."""
+    code = exc.pgcode or ""
+    diag = exc.diag
+    message = diag.message_primary or first_line(exc)
+    details: dict[str, Any] = {"sqlstate": code} if code else {}
+    if diag.statement_position and rendered is not None and int(diag.statement_position) > offset:
+        details["position"] = rendered.original_position(int(diag.statement_position) - offset)
+    if diag.message_hint:
+        details["hint"] = diag.message_hint
+    if code == "57014":
+        return DeadlineExceeded(f"statement cancelled: it ran longer than {limits.timeout_ms} ms", **details)
+    if code in ("42501", "25006"):
+        return PermissionDenied(message, **details)
+    if not code or code.startswith(("08", "28", "53", "57P", "58", "40")) or code == "55P03":
+        return Unavailable(f"PostgreSQL could not run the statement: {message}", **details)
+    return InvalidArgument(message, **details)
+
+
+# --- Work done in a worker thread, on one tenant connection ---------------------------------------------
+
+
+def _begin(writable: bool, limits: Limits) -> str:
+    return f"BEGIN{'' if writable else ' READ ONLY'}; SET LOCAL statement_timeout = {int(limits.timeout_ms)}"
+
+
+def _first(cur: ext.cursor, text: str) -> None:
+    """The call's first round trip; a dead connection here means nothing ran."""
+    try:
+        cur.execute(text)
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        if cur.connection.closed:
+            raise _Stale from exc
+        raise
+
+
+def _finish(cur: ext.cursor, ok: bool) -> None:
+    cur.execute(f"{_RESET}; COMMIT" if ok else f"ROLLBACK; {_RESET}")
+
+
+def _query(
+    conn: ext.connection, statement: Statement, params: list[Any], writable: bool, limits: Limits
+) -> QueryResult:
+    started = time.perf_counter()
+    with conn.cursor() as cur:
+        rendered = render(statement, [_literal(cur, p) for p in params])
+        cursor = statement.keyword in _CURSORABLE
+        description, rows, truncated, affected = _run_statement(cur, rendered, cursor, writable, limits)
+        types = _type_names(cur, [d.type_code for d in description])
+    columns = [Column(d.name, t) for d, t in zip(description, types, strict=True)]
+    return QueryResult(columns, rows, truncated, affected, (time.perf_counter() - started) * 1000, BACKEND)
+
+
+def _run_statement(
+    cur: ext.cursor, rendered: Rendered, cursor: bool, writable: bool, limits: Limits
+) -> tuple[list[Any], list[tuple[Any, ...]], bool, int]:
+    """One transaction: BEGIN, timeout, the statement (through a cursor when it returns rows), COMMIT."""
+    head = f"{_begin(writable, limits)}; " + (f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR " if cursor else "")
+    try:
+        _first(cur, head + rendered.text)
+        if cursor:
+            cur.execute(f"FETCH FORWARD {limits.max_rows + 1} FROM {_CURSOR}")
+        description = list(cur.description or ())
+        rows = cur.fetchmany(limits.max_rows + 1) if description else []
+        status = (cur.statusmessage or "").split()
+    except psycopg2.Error as exc:
+        _safe_rollback(cur)
+        if cursor and isinstance(exc, psycopg2.errors.FeatureNotSupported):
+            # DECLARE refuses a data-modifying WITH; nothing ran (rolled back), so run it plainly
+            return _run_statement(cur, rendered, False, writable, limits)
+        raise tenant_error(exc, limits, rendered, len(head)) from exc
+    _finish(cur, ok=True)
+    affected = int(status[-1]) if status and status[0] in _AFFECTING and status[-1].isdigit() else 0
+    return description, rows[: limits.max_rows], len(rows) > limits.max_rows, affected
+
+
+def _safe_rollback(cur: ext.cursor) -> None:
+    if not cur.connection.closed:
+        try:
+            _finish(cur, ok=False)
+        except psycopg2.Error:
+            cur.connection.close()  # unknown state: never pool it
+
+
+def _explain(
+    conn: ext.connection, statement: Statement, params: list[Any], writable: bool, limits: Limits
+) -> Plan:
+    if statement.keyword not in _EXPLAINABLE:
+        raise InvalidArgument(
+            f"{statement.keyword or 'this'} statements have no plan: EXPLAIN covers SELECT, INSERT, UPDATE, "
+            "DELETE, MERGE, VALUES, EXECUTE and CREATE TABLE AS"
+        )
+    with conn.cursor() as cur:
+        rendered = render(statement, [_literal(cur, p) for p in params])
+        head = f"{_begin(writable, limits)}; EXPLAIN "
+        try:
+            _first(cur, head + rendered.text)
+            lines = [row[0] for row in cur.fetchall()]
+        except psycopg2.Error as exc:
+            _safe_rollback(cur)
+            raise tenant_error(exc, limits, rendered, len(head)) from exc
+        _finish(cur, ok=False)  # EXPLAIN without ANALYZE runs nothing; roll back regardless
+    plan = "\n".join(lines)
+    read_only = reads_only(statement.text, "postgres") is not False and not _plan_writes(lines)
+    return Plan(plan, read_only, BACKEND)
+
+
+def _plan_writes(lines: list[str]) -> bool:
+    """A ModifyTable node (Insert/Update/Delete/Merge on ...) or row locks in the plan mean it writes."""
+    return any(
+        line.strip().lstrip("-> ").startswith(("Insert on", "Update on", "Delete on", "Merge on", "LockRows"))
+        for line in lines
+    )
+
+
+_COLUMNS_SQL = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
+       COALESCE(pg_get_expr(d.adbin, d.adrelid), ''), COALESCE(array_position(pk.conkey, a.attnum), 0)
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_attrdef d ON d.adrelid = c.oid AND d.adnum = a.attnum
+LEFT JOIN pg_constraint pk ON pk.conrelid = c.oid AND pk.contype = 'p'
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+ORDER BY c.relname, a.attnum
+"""
+_FOREIGN_KEYS_SQL = """
+SELECT c.relname,
+       ARRAY(SELECT a.attname FROM unnest(k.conkey) WITH ORDINALITY AS u(num, i)
+             JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = u.num ORDER BY u.i),
+       CASE WHEN fn.nspname = n.nspname THEN f.relname ELSE fn.nspname || '.' || f.relname END,
+       ARRAY(SELECT a.attname FROM unnest(k.confkey) WITH ORDINALITY AS u(num, i)
+             JOIN pg_attribute a ON a.attrelid = k.confrelid AND a.attnum = u.num ORDER BY u.i)
+FROM pg_constraint k
+JOIN pg_class c ON c.oid = k.conrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_class f ON f.oid = k.confrelid
+JOIN pg_namespace fn ON fn.oid = f.relnamespace
+WHERE n.nspname = %s AND k.contype = 'f'
+ORDER BY c.relname, k.conname
+"""
+
+
+def _list_tables(conn: ext.connection, schema: str, writable: bool, limits: Limits) -> list[Table]:
+    with conn.cursor() as cur:
+        try:
+            _first(cur, _begin(False, limits))
+            cur.execute(_COLUMNS_SQL, (schema,))
+            columns = cur.fetchall()
+            cur.execute(_FOREIGN_KEYS_SQL, (schema,))
+            keys = cur.fetchall()
+        except psycopg2.Error as exc:
+            _safe_rollback(cur)
+            raise tenant_error(exc, limits, None, 0) from exc
+        _finish(cur, ok=True)
+    return _tables(columns, keys)
+
+
+def _tables(columns: list[tuple[Any, ...]], keys: list[tuple[Any, ...]]) -> list[Table]:
+    tables: dict[str, Table] = {}
+    positions: dict[str, list[tuple[int, str]]] = {}
+    for table_name, name, type_, nullable, default, pk in columns:
+        table = tables.setdefault(table_name, Table(table_name))
+        table.columns.append(TableColumn(name, type_, nullable, pk > 0, default))
+        if pk:
+            positions.setdefault(table_name, []).append((pk, name))
+    for table_name, ordered in positions.items():
+        tables[table_name].primary_key = [name for _, name in sorted(ordered)]
+    for table_name, sources, target, targets in keys:
+        tables[table_name].foreign_keys.append(ForeignKey(list(sources), target, list(targets)))
+    return list(tables.values())
+
+
+# --- Provisioning (as the platform's own PostgreSQL user) -----------------------------------------------
+
+
+def _provision(cur: ext.cursor, names: TenantNames, passwords: dict[bool, str], timeout_ms: int) -> None:
+    """Creates or repairs the tenant's schema and roles, idempotently, one replica at a time."""
+    conn = cur.connection
+    conn.autocommit = False
+    try:
+        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (PROVISION_LOCK, names.tenant))
+        for writable in (True, False):
+            _provision_role(cur, names.role(writable), passwords[writable], names.schema, timeout_ms)
+        _provision_schema(cur, names)
+        cur.execute(_RECORD, (names.tenant, BACKEND, LAYOUT))
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
+    finally:
+        conn.autocommit = True
+
+
+_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
+
+
+def _provision_role(cur: ext.cursor, role: str, password: str, schema: str, timeout_ms: int) -> None:
+    ident = pgsql.Identifier(role)
+    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
+    verb = "ALTER" if cur.fetchone() else "CREATE"
+    cur.execute(pgsql.SQL(f"{verb} ROLE {{}} {_ROLE_ATTRIBUTES} PASSWORD %s").format(ident), (password,))
+    # No membership in any other role: whatever was granted to it is taken back.
+    cur.execute(
+        "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
+        "WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+        (role,),
+    )
+    for (granted,) in cur.fetchall():
+        cur.execute(pgsql.SQL("REVOKE {} FROM {} CASCADE").format(pgsql.Identifier(granted), ident))
+    cur.execute(pgsql.SQL("ALTER ROLE {} SET search_path = {}").format(ident, pgsql.Identifier(schema)))
+    cur.execute(pgsql.SQL("ALTER ROLE {} SET statement_timeout = %s").format(ident), (str(timeout_ms),))
+
+
+def _provision_schema(cur: ext.cursor, names: TenantNames) -> None:
+    schema, rw, ro = (pgsql.Identifier(n) for n in (names.schema, names.role(True), names.role(False)))
+    for statement in (
+        "CREATE SCHEMA IF NOT EXISTS {schema}",  # owned by the platform user: tenants cannot re-grant it
+        "REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
+        "GRANT USAGE, CREATE ON SCHEMA {schema} TO {rw}",
+        "GRANT USAGE ON SCHEMA {schema} TO {ro}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {ro}",
+        "GRANT SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {ro}",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE {rw} IN SCHEMA {schema} GRANT SELECT ON TABLES TO {ro}",
+        "ALTER DEFAULT PRIVILEGES FOR ROLE {rw} IN SCHEMA {schema} GRANT SELECT ON SEQUENCES TO {ro}",
+    ):
+        cur.execute(pgsql.SQL(statement).format(schema=schema, rw=rw, ro=ro))
+
+
+_RECORD = """
+INSERT INTO data_tenants (tenant, backend, layout) VALUES (%s, %s, %s)
+ON CONFLICT (tenant) DO UPDATE SET backend = excluded.backend, layout = excluded.layout
+"""
+
+
+# --- The backend ----------------------------------------------------------------------------------------
+
+
+class _Tenant:
+    """Connection pools of one tenant (one per role) and the slots that bound its concurrency."""
+
+    def __init__(self, names: TenantNames, dsns: dict[bool, str]) -> None:
+        self.names = names
+        self.slots = asyncio.Semaphore(PER_TENANT)
+        self.pools = {
+            writable: PgPool(
+                dsn, PER_TENANT, connection_factory=TenantConnection, connect_timeout=3,
+                application_name="launchpad-data",
+            )
+            for writable, dsn in dsns.items()
+        }  # fmt: skip
+
+    def run(self, writable: bool, fn: Callable[..., T], *args: Any) -> T:
+        """In a worker thread: fn(connection, *args); a connection found dead before use is replaced once."""
+        pool = self.pools[writable]
+        for attempt in range(2):
+            conn = self._connect(pool)
+            try:
+                return fn(conn, *args)
+            except _Stale as exc:
+                if attempt:
+                    raise Unavailable(f"PostgreSQL connection lost: {exc.__cause__}") from exc
+            finally:
+                pool.put(conn)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _connect(pool: PgPool) -> ext.connection:
+        try:
+            return pool.get()
+        except psycopg2.OperationalError as exc:
+            text = str(exc)
+            if "password authentication failed" in text or "does not exist" in text:
+                raise _LoginRefused(first_line(exc)) from exc
+            raise Unavailable(f"PostgreSQL is not available: {first_line(exc)}") from exc
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.close()
+
+
+class PgTenants(TenantSql):
+    backend = BACKEND
+
+    def __init__(self, db: PgPlatformDb, secret: bytes, max_timeout_ms: int) -> None:
+        self._db = db
+        self._secret = secret
+        self._max_timeout_ms = max_timeout_ms
+        self._tenants: OrderedDict[str, _Tenant] = OrderedDict()
+        self._provisioned: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._blocking = Blocking("data-pg", WORKERS)
+
+    async def query(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> QueryResult:
+        return await self._run(caller, _query, scan(sql), params, caller.writable, limits)
+
+    async def list_tables(self, caller: Caller) -> list[Table]:
+        names = TenantNames(checked_tenant(caller.tenant))
+        limits = Limits(self._max_timeout_ms, 1)
+        return await self._run(caller, _list_tables, names.schema, caller.writable, limits)
+
+    async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan:
+        return await self._run(caller, _explain, scan(sql), params, caller.writable, limits)
+
+    async def close(self) -> None:
+        for tenant in self._tenants.values():
+            await self._blocking.run(tenant.close)
+        self._tenants.clear()
+        self._blocking.shutdown()
+
+    async def _run(self, caller: Caller, fn: Callable[..., T], *args: Any) -> T:
+        for attempt in range(2):
+            tenant = await self._tenant(caller.tenant, repair=attempt > 0)
+            try:
+                async with tenant.slots:
+                    return await self._blocking.run(tenant.run, caller.writable, fn, *args)
+            except _LoginRefused as exc:
+                if attempt:
+                    raise Unavailable(f"tenant role cannot log in: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    async def _tenant(self, name: str, *, repair: bool = False) -> _Tenant:
+        tenant = self._tenants.get(name)
+        if tenant is not None and not repair:
+            self._tenants.move_to_end(name)
+            return tenant
+        names = TenantNames(checked_tenant(name))
+        await self._provision(names, force=repair)
+        return await self._open(names)
+
+    async def _provision(self, names: TenantNames, *, force: bool) -> None:
+        """Once per tenant and process (or when its role could not log in): schema, roles and grants."""
+        async with self._locks.setdefault(names.tenant, asyncio.Lock()):
+            if names.tenant in self._provisioned and not force:
+                return
+            row = await self._db.fetchone("SELECT layout FROM data_tenants WHERE tenant = ?", (names.tenant,))
+            if force or row is None or row["layout"] < LAYOUT:
+                passwords = {w: role_password(self._secret, names.role(w)) for w in (True, False)}
+                await self._db.run(_provision, names, passwords, self._max_timeout_ms)
+            self._provisioned.add(names.tenant)
+
+    async def _open(self, names: TenantNames) -> _Tenant:
+        old = self._tenants.pop(names.tenant, None)
+        if old is not None:
+            await self._blocking.run(old.close)
+        dsns = {
+            w: ext.make_dsn(
+                self._db.dsn, user=names.role(w), password=role_password(self._secret, names.role(w))
+            )
+            for w in (True, False)
+        }
+        tenant = self._tenants[names.tenant] = _Tenant(names, dsns)
+        while len(self._tenants) > MAX_OPEN_TENANTS:  # close the least recently used tenant's connections
+            await self._blocking.run(self._tenants.popitem(last=False)[1].close)
+        return tenant

@@ -1,0 +1,379 @@
+"""Tenant SQL on SQLite (the embedded default): one file per tenant, isolation enforced by SQLite itself.
+
+Each tenant has data_dir/tenants/<tenant>.sqlite. Viewers open it read-only (`mode=ro` URI plus query_only),
+so no statement of theirs can write. Every connection carries an authorizer that denies ATTACH/DETACH (and
+so VACUUM INTO, which attaches its target), extension loading and every pragma outside a short safe list,
+with SQLITE_LIMIT_ATTACHED = 0 as a second lock. A progress handler enforces the statement timeout.
+Connections are reused per tenant and role; at most PER_TENANT run at once for one tenant, so a slow tenant
+cannot take every worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import orjson
+
+from services.core.blocking import Blocking
+from services.core.db import PlatformDb
+from services.core.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    PermissionDenied,
+    ServiceError,
+    Unavailable,
+)
+from services.data.model import (
+    Caller,
+    Column,
+    ForeignKey,
+    Json,
+    Limits,
+    Plan,
+    QueryResult,
+    Table,
+    TableColumn,
+    TenantSql,
+    checked_tenant,
+)
+from services.data.sqltext import reads_only
+
+T = TypeVar("T")
+BACKEND = "sqlite"
+PER_TENANT = 4
+WORKERS = 8
+MAX_OPEN_TENANTS = 64
+PROGRESS_STEPS = 1000  # VM instructions between two deadline checks
+BUSY_TIMEOUT_MS = 5000
+MAX_VALUE_BYTES = 16 * 1024 * 1024
+MAX_SQL_BYTES = 1024 * 1024
+
+# Pragmas a tenant may run with any argument (they only read, or touch nothing outside its own file).
+_PRAGMAS_ANY = frozenset(
+    [
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+        "collation_list",
+        "function_list",
+        "module_list",
+        "pragma_list",
+        "compile_options",
+        "user_version",
+        "application_id",
+        "optimize",
+    ]
+)
+# Pragmas a tenant may read but not set.
+_PRAGMAS_READ = frozenset(
+    [
+        "encoding",
+        "page_count",
+        "page_size",
+        "freelist_count",
+        "data_version",
+        "foreign_keys",
+        "schema_version",
+        "journal_mode",
+        "auto_vacuum",
+        "busy_timeout",
+        "query_only",
+        "recursive_triggers",
+        "cache_size",
+        "max_page_count",
+    ]
+)
+_DENIED_FUNCTIONS = frozenset({"load_extension", "fts3_tokenizer", "readfile", "writefile", "edit"})
+_DENIED_TABLES = frozenset({"sqlite_dbpage"})  # raw page access, when compiled in
+_NOT_READS = frozenset(range(1, 19)) | {23, 24, 25, 26, 27, 28, 29, 30, 32}  # every action that changes state
+
+
+def _authorizer(recorder: list[int] | None) -> Callable[..., int]:
+    def authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: Any) -> int:
+        if recorder is not None and action in _NOT_READS:
+            recorder.append(action)
+        if action == sqlite3.SQLITE_PRAGMA:
+            allowed = arg1 in _PRAGMAS_ANY or (arg1 in _PRAGMAS_READ and arg2 is None)
+            return sqlite3.SQLITE_OK if allowed else sqlite3.SQLITE_DENY
+        if action == sqlite3.SQLITE_FUNCTION:
+            return sqlite3.SQLITE_DENY if (arg2 or "").lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) or arg1 in _DENIED_TABLES:
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    return authorize
+
+
+class _Connection:
+    """One tenant connection (one role), used by one worker thread at a time."""
+
+    def __init__(self, path: Path, writable: bool) -> None:
+        uri = f"file:{quote(str(path))}?mode={'rwc' if writable else 'ro'}"
+        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.conn.execute("PRAGMA foreign_keys = ON")
+        if not writable:
+            self.conn.execute("PRAGMA query_only = ON")
+        self.conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+        self.conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES)
+        self.conn.set_authorizer(_authorizer(None))
+        self.deadline = math.inf
+        self.conn.set_progress_handler(lambda: time.monotonic() > self.deadline, PROGRESS_STEPS)
+
+    def query(self, sql: str, params: list[Any], limits: Limits) -> QueryResult:
+        started = time.perf_counter()
+        self.deadline = time.monotonic() + limits.timeout_ms / 1000
+        changes = self.conn.total_changes
+        try:
+            cursor = self.conn.execute(sql, params)
+            try:
+                description = cursor.description
+                rows = cursor.fetchmany(limits.max_rows + 1) if description else []
+                affected = cursor.rowcount
+            finally:
+                cursor.close()  # ends the statement, so its implicit transaction commits now
+        except sqlite3.Error as exc:
+            raise tenant_error(exc, limits) from exc
+        finally:
+            self.deadline = math.inf
+            self._end_transaction()
+        if affected < 0 or description:  # RETURNING or a read: count what the statement changed
+            affected = self.conn.total_changes - changes
+        truncated = len(rows) > limits.max_rows
+        rows = rows[: limits.max_rows]
+        columns = [Column(d[0], _storage_class(rows, i)) for i, d in enumerate(description or ())]
+        elapsed = (time.perf_counter() - started) * 1000
+        return QueryResult(columns, rows, truncated, affected, elapsed, BACKEND)
+
+    def _end_transaction(self) -> None:
+        """Each call is its own unit: a BEGIN left open by a caller never outlives the call."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def explain(self, sql: str, params: list[Any], limits: Limits) -> Plan:
+        actions: list[int] = []
+        self.conn.set_authorizer(_authorizer(actions))  # SQLite reports what the statement would do
+        self.deadline = time.monotonic() + limits.timeout_ms / 1000
+        try:
+            rows = self.conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+        except sqlite3.Error as exc:
+            raise tenant_error(exc, limits) from exc
+        finally:
+            self.deadline = math.inf
+            self.conn.set_authorizer(_authorizer(None))
+            self._end_transaction()
+        read_only = not actions and reads_only(sql, "sqlite") is not False
+        return Plan(_plan_text(rows), read_only, BACKEND)
+
+    def list_tables(self) -> list[Table]:
+        tables: dict[str, Table] = {}
+        keys: dict[str, list[tuple[int, str]]] = {}
+        for name, column, type_, notnull, default, pk in self.conn.execute(_COLUMNS):
+            table = tables.setdefault(name, Table(name))
+            table.columns.append(
+                TableColumn(column, type_ or "", not notnull and not pk, bool(pk), default or "")
+            )
+            if pk:  # pk is the column's 1-based position in the primary key
+                keys.setdefault(name, []).append((pk, column))
+        for name, positions in keys.items():
+            tables[name].primary_key = [column for _, column in sorted(positions)]
+        for name, _, target, sources, targets in _foreign_keys(self.conn):
+            referenced = targets if all(targets) else tables.get(target, Table(target)).primary_key
+            tables[name].foreign_keys.append(ForeignKey(sources, target, list(referenced)))
+        return list(tables.values())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+_COLUMNS = """
+SELECT m.name, p.name, p.type, p."notnull", p.dflt_value, p.pk
+FROM sqlite_master AS m JOIN pragma_table_info(m.name) AS p
+WHERE m.type IN ('table', 'view') AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+ORDER BY m.name, p.cid
+"""
+_FOREIGN_KEYS = """
+SELECT m.name, f.id, f."table", f."from", f."to"
+FROM sqlite_master AS m JOIN pragma_foreign_key_list(m.name) AS f
+WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+ORDER BY m.name, f.id, f.seq
+"""
+
+
+def _foreign_keys(conn: sqlite3.Connection) -> list[tuple[str, int, str, list[str], list[str | None]]]:
+    keys: dict[tuple[str, int], tuple[str, int, str, list[str], list[str | None]]] = {}
+    for name, key_id, target, source, referenced in conn.execute(_FOREIGN_KEYS):
+        entry = keys.setdefault((name, key_id), (name, key_id, target, [], []))
+        entry[3].append(source)
+        entry[4].append(referenced)
+    return list(keys.values())
+
+
+def _storage_class(rows: list[tuple[Any, ...]], index: int) -> str:
+    """SQLite has no column type for an expression: name the storage class of the first non-NULL value."""
+    for row in rows:
+        value = row[index]
+        if value is not None:
+            return _CLASS_NAMES.get(type(value), "")
+    return ""
+
+
+_CLASS_NAMES = {int: "integer", float: "real", str: "text", bytes: "blob"}
+
+
+def _plan_text(rows: list[tuple[Any, ...]]) -> str:
+    depth: dict[int, int] = {0: -1}
+    lines = []
+    for node, parent, _, detail in rows:
+        depth[node] = depth.get(parent, -1) + 1
+        lines.append("  " * depth[node] + str(detail))
+    return "\n".join(lines)
+
+
+def tenant_error(exc: sqlite3.Error, limits: Limits) -> ServiceError:
+    """The caller's view of a failed statement: never a raw exception."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if code is not None else None
+    message = str(exc)
+    if primary == sqlite3.SQLITE_INTERRUPT:
+        return DeadlineExceeded(f"statement cancelled: it ran longer than {limits.timeout_ms} ms")
+    if primary in (sqlite3.SQLITE_AUTH, sqlite3.SQLITE_READONLY) or message.startswith("not authorized"):
+        return PermissionDenied(f"not allowed: {message}", sqlite_error=getattr(exc, "sqlite_errorname", ""))
+    if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return Unavailable(f"tenant database is busy, retry: {message}")
+    if primary in _DOWN:
+        return Unavailable(f"tenant database is not available: {message}")
+    if code is None:
+        return InvalidArgument(message)
+    return InvalidArgument(message, sqlite_error=exc.sqlite_errorname)
+
+
+_DOWN = {
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_CORRUPT,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_NOMEM,
+}
+
+
+class _Tenant:
+    """Open connections of one tenant, per role, and the slots that bound its concurrency."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.slots = asyncio.Semaphore(PER_TENANT)
+        self.idle: dict[bool, list[_Connection]] = {True: [], False: []}
+        self.closed = False
+
+    def run(self, writable: bool, fn: Callable[..., T], *args: Any) -> T:
+        """In a worker thread: fn(connection, *args) on a reused connection of the role."""
+        pool = self.idle[writable]
+        try:
+            conn = pool.pop() if pool else _Connection(self.path, writable)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"cannot open the tenant database: {exc}") from exc
+        try:
+            return fn(conn, *args)
+        finally:
+            if self.closed:
+                conn.close()
+            else:
+                pool.append(conn)
+
+    def close(self) -> None:
+        self.closed = True
+        for pool in self.idle.values():
+            while pool:
+                pool.pop().close()
+
+
+class SqliteTenants(TenantSql):
+    backend = BACKEND
+
+    def __init__(self, folder: Path, db: PlatformDb) -> None:
+        self._folder = folder
+        self._db = db
+        self._tenants: OrderedDict[str, _Tenant] = OrderedDict()
+        self._blocking = Blocking("data-sqlite", WORKERS)
+        self._provisioning = asyncio.Lock()
+
+    async def query(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> QueryResult:
+        return await self._run(caller, _Connection.query, sql, [_param(p) for p in params], limits)
+
+    async def list_tables(self, caller: Caller) -> list[Table]:
+        return await self._run(caller, _Connection.list_tables)
+
+    async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan:
+        return await self._run(caller, _Connection.explain, sql, [_param(p) for p in params], limits)
+
+    async def close(self) -> None:
+        for tenant in self._tenants.values():
+            await self._blocking.run(tenant.close)
+        self._tenants.clear()
+        self._blocking.shutdown()
+
+    async def _run(self, caller: Caller, fn: Callable[..., T], *args: Any) -> T:
+        tenant = self._tenants.get(caller.tenant) or await self._open(caller.tenant)
+        self._tenants.move_to_end(caller.tenant)
+        async with tenant.slots:
+            return await self._blocking.run(tenant.run, caller.writable, fn, *args)
+
+    async def _open(self, name: str) -> _Tenant:
+        """First use of a tenant in this process: create its file (idempotent) and record it."""
+        async with self._provisioning:
+            if name in self._tenants:
+                return self._tenants[name]
+            path = self._folder / f"{checked_tenant(name)}.sqlite"
+            await self._blocking.run(_create_file, path)
+            await self._db.execute(_RECORD, (name, BACKEND, LAYOUT))
+            tenant = self._tenants[name] = _Tenant(path)
+            while len(self._tenants) > MAX_OPEN_TENANTS:  # close the least recently used tenant's files
+                await self._blocking.run(self._tenants.popitem(last=False)[1].close)
+            return tenant
+
+
+LAYOUT = 1  # bump when provisioning changes; recorded per tenant in data_tenants
+_RECORD = """
+INSERT INTO data_tenants (tenant, backend, layout) VALUES (?, ?, ?)
+ON CONFLICT (tenant) DO UPDATE SET backend = excluded.backend, layout = excluded.layout
+"""
+
+
+def _create_file(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")  # persistent: readers never block the writer
+        finally:
+            conn.close()
+        os.chmod(path, 0o600)
+    except (sqlite3.Error, OSError) as exc:
+        raise Unavailable(f"cannot create the tenant database: {exc}") from exc
+
+
+def _param(value: Any) -> Any:
+    """SQLite has no decimal or JSON type: both travel as text (bool binds as an int)."""
+    if isinstance(value, Json):
+        return orjson.dumps(value.value).decode()
+    return str(value) if isinstance(value, Decimal) else value
