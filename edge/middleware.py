@@ -3,8 +3,9 @@
 Plain ASGI classes, not Starlette's BaseHTTPMiddleware: that one runs the app in a task group and streams the
 response through memory object streams, which costs more than everything here together.
 
-Recommended order, outermost first (see `stack`): RequestId (every answer, errors included, carries the id),
-BodyLimit (before anything reads a body), ContentType, RateLimit, Waf (reads and replays the body), app.
+Order, outermost first (edge/app.py wires it): RequestId (every answer, errors included, carries the id),
+BodyLimit (before anything reads a body), ContentType, RateLimit (edge/ratelimit.py), Waf (edge/waf.py; reads
+and replays the body), app.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -196,30 +196,3 @@ class ContentTypeMiddleware:
             )
             return
         await self.app(scope, receive, send)
-
-
-def stack(
-    app: ASGIApp,
-    *,
-    max_body_bytes: int,
-    limiter: Any,
-    verifier: Any,
-    per_principal: int,
-    per_ip: int,
-    audit: Any,
-    exempt_prefixes: Iterable[str] = (),
-) -> ASGIApp:
-    """Wraps `app` in the edge's middleware, in the order the module docstring explains.
-
-    `limiter` is an edge.ratelimit.RateLimiter, `verifier` a TokenVerifier (or None), `audit` has append(dict).
-    With Starlette's `add_middleware` use the reverse order (the last added is the outermost).
-    """
-    from edge.ratelimit import RateLimitMiddleware
-    from edge.waf import WafMiddleware
-
-    exempt = tuple(exempt_prefixes)
-    app = WafMiddleware(app, audit, max_body_bytes=max_body_bytes)
-    app = RateLimitMiddleware(app, limiter, verifier, per_principal=per_principal, per_ip=per_ip)
-    app = ContentTypeMiddleware(app, exempt_prefixes=exempt)
-    app = BodyLimitMiddleware(app, max_body_bytes)
-    return RequestIdMiddleware(app)

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.errors import request_id_of, send_error
 from edge.middleware import header
+from services.core.config import Settings
 from services.core.errors import Code, ServiceError
 from services.core.tokens import TokenVerifier
 
@@ -134,7 +135,7 @@ class RedisRateLimiter:
         return await self.fallback.hit(key, limit_per_minute)
 
 
-def make_limiter(settings: Any) -> RateLimiter:
+def make_limiter(settings: Settings) -> RateLimiter:
     """Redis when settings.redis_url is set, else in memory."""
     if not settings.redis_url:
         return MemoryRateLimiter()

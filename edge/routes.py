@@ -122,6 +122,9 @@ def field_path(desc: Descriptor, dotted: str) -> tuple[FieldDescriptor, ...]:
             raise ValueError(f"{desc.full_name} has no field {dotted!r}")
         fields.append(found)
         current = found.message_type
+    leaf = fields[-1]
+    if leaf.is_repeated or (leaf.message_type is not None and leaf.message_type.full_name not in codec.WRAPPERS):
+        raise ValueError(f"{desc.full_name}.{dotted} cannot be a path variable: it must be a singular scalar")
     return tuple(fields)
 
 

@@ -22,11 +22,15 @@ a log search containing a literal `${jndi:` (write `'$' || '{jndi:'` instead).
 Bodies: only JSON bodies are inspected (ContentTypeMiddleware makes every POST/PUT/PATCH JSON except the
 raw-upload prefixes). The body is buffered up to `max_body_bytes` (the limit BodyLimitMiddleware enforces in
 front, so nothing larger ever arrives), inspected, and replayed to the app. A JSON body that is not valid JSON
-passes uninspected: the route rejects it with 400 and nothing reaches a service.
+passes uninspected: the route rejects it with 400 and nothing reaches a service. The whole body is inspected,
+not a prefix, so padding cannot push a payload past the WAF. Cost (this 2-core machine): a small JSON body
+adds ~5 us; a 2 MB string ~25-35 ms of ordinary text, ~130 ms at worst for text built to hit candidate
+characters (`; ; ; ...`), bounded by the body limit and the rate limits in front.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -130,7 +134,7 @@ FIELD_EXEMPTIONS: Mapping[str, Mapping[str, frozenset[str]]] = {
 }
 
 
-Scan = Callable[[str], "str | None"]
+Scan = Callable[[str], str | None]
 
 
 class Matcher:
@@ -306,8 +310,11 @@ class WafMiddleware:
             "request_id": request_id,
             "actor": client[0] if client else "unknown",
             "method": scope.get("method", "WEBSOCKET"),
-            "path": scope["path"][:256],
         }
+        if blocked.where == "path":  # the path is the payload: keep a fingerprint, not the text
+            event["path_sha256"] = hashlib.sha256(scope["path"].encode()).hexdigest()
+        else:
+            event["path"] = scope["path"][:256]
         try:
             self.audit.append(event)
         except Exception:

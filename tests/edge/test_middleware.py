@@ -12,8 +12,9 @@ import orjson
 import pytest
 
 from edge.errors import request_id_of
-from edge.middleware import BodyLimitMiddleware, ContentTypeMiddleware, RequestIdMiddleware, stack
-from edge.ratelimit import MemoryRateLimiter
+from edge.middleware import BodyLimitMiddleware, ContentTypeMiddleware, RequestIdMiddleware
+from edge.ratelimit import MemoryRateLimiter, RateLimitMiddleware
+from edge.waf import WafMiddleware
 
 LIMIT = 2 * 1024 * 1024
 JSON = {"content-type": "application/json"}
@@ -290,15 +291,10 @@ class Audit:
 
 
 def full_stack(app: Any, audit: Audit | None = None) -> Any:
-    return stack(
-        app,
-        max_body_bytes=LIMIT,
-        limiter=MemoryRateLimiter(),
-        verifier=None,
-        per_principal=100,
-        per_ip=100,
-        audit=audit or Audit(),
-    )
+    """The edge's order (edge/app.py), outermost first: request id, body limit, content type, rate limit, WAF."""
+    app = WafMiddleware(app, audit or Audit(), max_body_bytes=LIMIT)
+    app = RateLimitMiddleware(app, MemoryRateLimiter(), None, per_principal=100, per_ip=100)
+    return RequestIdMiddleware(BodyLimitMiddleware(ContentTypeMiddleware(app), LIMIT))
 
 
 async def test_stack_chunked_overflow_inside_the_waf_read_is_413() -> None:

@@ -122,6 +122,18 @@ async def test_block_does_not_echo_the_payload(waf: httpx.AsyncClient, audit: Li
     assert "steal" not in response.text
     assert "steal" not in orjson.dumps(audit.events).decode()
     assert audit.events[0]["where"] == "body:name"
+    assert audit.events[0]["path"] == "/api/storage/buckets"
+
+
+async def test_block_in_the_path_audits_a_fingerprint_not_the_path(
+    waf: httpx.AsyncClient, audit: ListAudit
+) -> None:
+    response = await waf.get("/api/storage/%2e%2e/%2e%2e/etc/shadow")
+    assert response.status_code == 403
+    (event,) = audit.events
+    assert event["where"] == "path"
+    assert "path" not in event
+    assert event["path_sha256"] == hashlib.sha256(b"/api/storage/../../etc/shadow").hexdigest()
 
 
 LEGITIMATE = [

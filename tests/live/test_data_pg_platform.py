@@ -64,7 +64,9 @@ def live_env(private_db: str, settings_env: Path, monkeypatch: pytest.MonkeyPatc
 def migrations_folder(root: Path, table: str) -> Path:
     folder = root / f"svc_{uuid.uuid4().hex[:8]}" / "migrations"
     folder.mkdir(parents=True)
-    (folder / "001_create.sql").write_text(f"CREATE TABLE {table} (id integer PRIMARY KEY, name text UNIQUE);")
+    (folder / "001_create.sql").write_text(
+        f"CREATE TABLE {table} (id integer PRIMARY KEY, name text UNIQUE);"
+    )
     (folder / "002_seed.sql").write_text(f"INSERT INTO {table} VALUES (1, 'first');")
     (folder / "003_col.postgresql.sql").write_text(f"ALTER TABLE {table} ADD COLUMN at timestamptz;")
     return folder
@@ -78,7 +80,9 @@ async def test_platform_tables_live_in_the_launchpad_schema(live_env: str, tmp_p
         assert db.backend == "postgresql"
         [dep] = deps.all()
         assert dep.mode == Mode.LIVE and dep.healthy
-        rows = admin(live_env, "SELECT table_schema FROM information_schema.tables WHERE table_name = 'widgets'")
+        rows = admin(
+            live_env, "SELECT table_schema FROM information_schema.tables WHERE table_name = 'widgets'"
+        )
         assert rows == [("launchpad",)]
         assert await db.fetchall("SELECT id, name FROM widgets") == [{"id": 1, "name": "first"}]
         assert await db.execute("INSERT INTO widgets (id, name) VALUES (?, ?)", (2, "it's 100% ?")) == 1
@@ -132,7 +136,9 @@ def test_two_threads_migrating_at_once_apply_each_migration_once(live_env: str, 
     assert sorted(results) == [0, 3]
     assert admin(live_env, "SELECT count(*) FROM launchpad.threaded") == [(1,)]
     recorded = admin(
-        live_env, "SELECT version FROM launchpad.schema_migrations WHERE service = %s ORDER BY 1", ("threaded_svc",)
+        live_env,
+        "SELECT version FROM launchpad.schema_migrations WHERE service = %s ORDER BY 1",
+        ("threaded_svc",),
     )
     assert recorded == [(1,), (2,), (3,)]
 
@@ -153,7 +159,9 @@ def test_a_failing_migration_is_rolled_back_and_stops_start_up(live_env: str, tm
     (folder / "002_bad.sql").write_text("CREATE TABLE half (id integer); SELECT no_such_function();")
     with pytest.raises(MigrationError, match="002_bad"):
         _run_migrations(live_env, str(folder), "broken_svc", None)
-    tables = {row[0] for row in admin(live_env, "SELECT tablename FROM pg_tables WHERE schemaname = 'launchpad'")}
+    tables = {
+        row[0] for row in admin(live_env, "SELECT tablename FROM pg_tables WHERE schemaname = 'launchpad'")
+    }
     assert "fine" in tables and "half" not in tables
     recorded = admin(live_env, "SELECT version FROM launchpad.schema_migrations WHERE service = 'broken_svc'")
     assert recorded == [(1,)]

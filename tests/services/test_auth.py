@@ -13,7 +13,7 @@ import stat
 import statistics
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,16 @@ import grpc
 import jwt
 import orjson
 import pytest
+from argon2 import PasswordHasher
 from google.protobuf import json_format
 
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
-from services.auth.app import build
+from services.auth.app import MIGRATIONS, build
+from services.auth.store import AuthStore
 from services.core.audit import verify_chain
 from services.core.config import load_settings
+from services.core.db import open_platform_db
+from services.core.deps import Registry
 from services.core.interceptors import DETAILS_KEY
 from services.core.server import Runtime, create_server, new_runtime
 from services.core.tokens import keys_from_jwks
@@ -430,6 +434,22 @@ async def test_passwords_and_hashes_never_leave_the_service(auth: Auth) -> None:
     for text in (audit, *(p.read_text() for p in log_dir.glob("*.log"))):
         assert not [s for s in secrets if s in text]
     assert verify_chain(auth.runtime.settings.audit_path).ok
+
+
+async def test_a_hash_with_old_parameters_is_upgraded_at_login(auth: Auth) -> None:
+    await auth.create(await auth.admin(), "otto", ("viewer",), password="otto-Secret-pass")
+    db = await open_platform_db(auth.runtime.settings, Registry(), migrations=MIGRATIONS)
+    try:
+        store = AuthStore(db)
+        old = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash("otto-Secret-pass")
+        user = await store.get_user("otto")
+        assert user is not None
+        await store.update_user(replace(user, password_hash=old))
+        assert await auth.login("otto", "otto-Secret-pass")
+        upgraded = await store.get_user("otto")
+    finally:
+        await db.close()
+    assert upgraded is not None and upgraded.password_hash.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
 
 
 async def test_roles_are_listed(auth: Auth) -> None:

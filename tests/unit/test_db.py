@@ -89,7 +89,10 @@ def test_dialect_variants_replace_the_generic_file(tmp_path: Path) -> None:
             "003_grants.postgresql.sql": "pg 3",
         },
     )
-    assert [(m.version, m.sql) for m in load_migrations(folder, "sqlite")] == [(1, "generic 1"), (2, "sqlite 2")]
+    assert [(m.version, m.sql) for m in load_migrations(folder, "sqlite")] == [
+        (1, "generic 1"),
+        (2, "sqlite 2"),
+    ]
     assert [(m.version, m.sql) for m in load_migrations(folder, "postgresql")] == [
         (1, "generic 1"),
         (2, "generic 2"),

@@ -334,3 +334,18 @@ def test_invalid_rule_error_carries_the_field_detail() -> None:
 def test_condition_is_optional_and_null_means_none() -> None:
     policy = parse_policy({"name": "p", "rules": [{**rule(), "condition": None}]})
     assert policy.rules[0].conditions == ()
+
+
+def test_dry_run_work_is_bounded() -> None:
+    heavy = {f"record.f{i}": i for i in range(30)}
+    policy = parse_policy({"name": "p", "rules": [rule("allow", heavy)] * 10})  # 10 x 31 steps per record
+    assert len(dry_run(policy, [{}] * 300, "read", "orders/1", ALICE)) == 300  # 93,000 steps
+    with pytest.raises(InvalidArgument, match="dry run too large: 400 records x 10 rules"):
+        dry_run(policy, [{}] * 400, "read", "orders/1", ALICE)
+
+
+def test_reasons_stay_short_with_many_rules() -> None:
+    rules = [rule("allow", {"record.n": i}) for i in range(25)]
+    decision = decide(*rules, record={"n": -1})
+    assert decision.reason.count("not matched") == 10
+    assert decision.reason.endswith("; 15 more rules did not apply")

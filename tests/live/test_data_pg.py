@@ -1,0 +1,391 @@
+"""The data service against real PostgreSQL: value mapping, limits, errors and tenant isolation.
+
+A private database per module (dropped afterwards), SIMULATION_MODE=false (nothing may fall back to SQLite
+unnoticed), tenant names unique per run; the cluster-wide tenant roles are dropped at the end. Skipped when
+POSTGRES_DSN is unset, unless LAUNCHPAD_REQUIRE_LIVE=1 (then it fails).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psycopg2
+import psycopg2.extensions
+import pytest
+
+from launchpad.data.v1 import data_pb2, data_pb2_grpc
+from services.core.deps import Mode
+from services.data.backend import tenant_secret
+from services.data.pg_backend import role_password, scram_verifier
+from services.data.servicer import build
+from tests.conftest import LIVE_ENV
+from tests.services.test_data import Data, fails, values
+from tests.support import need_env, running_service
+
+pytestmark = pytest.mark.live
+Stub = data_pb2_grpc.DataServiceStub
+
+
+def admin(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
+class LiveDb:
+    """The module's private database and the tenants created in it (their roles outlive the database)."""
+
+    def __init__(self, server: str, dsn: str) -> None:
+        self.server, self.dsn, self.tenants = server, dsn, []
+
+    def tenant(self) -> str:
+        name = f"lt{uuid.uuid4().hex[:10]}"
+        self.tenants.append(name)
+        return name
+
+
+@pytest.fixture(scope="module")
+def live_db() -> Iterator[LiveDb]:
+    server = LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN")
+    name = f"lp_data_test_{uuid.uuid4().hex[:10]}"
+    admin(server, f'CREATE DATABASE "{name}"')
+    db = LiveDb(server, psycopg2.extensions.make_dsn(server, dbname=name))
+    try:
+        yield db
+    finally:
+        admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for tenant in db.tenants:
+            for suffix in ("rw", "ro"):
+                admin(server, f'DROP ROLE IF EXISTS "lp_{tenant}_{suffix}"')
+
+
+@pytest.fixture
+def live_env(live_db: LiveDb, settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> LiveDb:
+    monkeypatch.setenv("POSTGRES_DSN", live_db.dsn)
+    monkeypatch.setenv("SIMULATION_MODE", "false")
+    return live_db
+
+
+@pytest.fixture
+async def pg(live_env: LiveDb) -> AsyncIterator[Data]:
+    async with running_service("data", build) as (runtime, channel):
+        yield Data(Stub(channel), runtime, live_env.tenant())
+
+
+@pytest.fixture
+def other(pg: Data, live_env: LiveDb) -> Data:
+    """A second tenant on the same server."""
+    return pg.as_tenant(live_env.tenant())
+
+
+# --- basics and value mapping ---------------------------------------------------------------------------
+
+
+async def test_select_1_is_one_integer_on_postgres(pg: Data) -> None:
+    response = await pg.query("SELECT 1")
+    assert values(response) == [[1]] and response.rows[0].values[0].WhichOneof("kind") == "int"
+    assert response.backend == "postgresql" and [c.type for c in response.columns] == ["integer"]
+    [dep] = pg.runtime.deps.all()
+    assert (dep.mode, dep.healthy) == (Mode.LIVE, True)
+
+
+async def test_postgres_types_map_to_clear_values(pg: Data) -> None:
+    response = await pg.query(
+        "SELECT 9007199254740993::bigint AS big, 1.50::numeric(10,2) AS price, 0.1::float8 AS f,"
+        " '2024-01-02 03:04:05+00'::timestamptz AT TIME ZONE 'UTC' AS ts, '2024-01-02'::date AS d,"
+        " '{\"k\": [1, \"s\"]}'::jsonb AS doc, '\"str\"'::json AS js, '\\x0102'::bytea AS raw, NULL AS nothing,"
+        " true AS yes, '6f1c5b0e-2d2a-4b49-9d7e-6a7f1d3c9e10'::uuid AS id, ARRAY[1, 2] AS arr,"
+        " '1 day'::interval AS span, 12345678901234567890.5::numeric AS huge"
+    )
+    [row] = response.rows
+    kinds = [cell.WhichOneof("kind") for cell in row.values]
+    assert kinds == [
+        "int", "decimal", "float", "text", "text", "json", "json", "bytes", "null", "bool", "text", "json",
+        "text", "decimal",
+    ]  # fmt: skip
+    assert values(response) == [
+        [
+            9007199254740993, "1.50", 0.1, "2024-01-02T03:04:05", "2024-01-02", {"k": [1, "s"]}, "str",
+            b"\x01\x02", None, True, "6f1c5b0e-2d2a-4b49-9d7e-6a7f1d3c9e10", [1, 2], "1 day",
+            "12345678901234567890.5",
+        ]
+    ]  # fmt: skip
+    types = [c.type for c in response.columns]
+    assert (
+        types[:3] == ["bigint", "numeric", "double precision"]
+        and types[5] == "jsonb"
+        and types[11] == "integer[]"
+    )
+
+
+async def test_timestamptz_is_iso_8601_with_offset(pg: Data) -> None:
+    response = await pg.query("SELECT '2024-01-02 03:04:05.25+00'::timestamptz")
+    [[text]] = values(response)
+    assert text.startswith("2024-01-02T") and text[-3] in "+-"
+
+
+async def test_parameters_bind_as_values(pg: Data) -> None:
+    response = await pg.query(
+        "SELECT $1::int + $2, $3, $4::jsonb -> 'a', $5 - 1",
+        data_pb2.Cell(int=2),
+        data_pb2.Cell(int=3),
+        data_pb2.Cell(text="it's; -- not a comment"),
+        data_pb2.Cell(text='{"a": 1}'),
+        data_pb2.Cell(int=-5),  # "$5 - 1" with -5 must not become "--5 - 1"
+    )
+    assert values(response) == [[5, "it's; -- not a comment", 1, -6]]
+    code, message, _ = await fails(pg.query("SELECT $1, $2", data_pb2.Cell(int=1)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "parameter" in message
+
+
+async def test_writes_and_returning(pg: Data) -> None:
+    await pg.query("CREATE TABLE items (id bigint PRIMARY KEY, name text NOT NULL)")
+    assert (await pg.query("INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')")).affected_rows == 3
+    assert (await pg.query("UPDATE items SET name = upper(name) WHERE id > 1")).affected_rows == 2
+    returned = await pg.query("DELETE FROM items WHERE id = 3 RETURNING id, name")
+    assert values(returned) == [[3, "C"]] and returned.affected_rows == 1
+    cte = await pg.query("WITH d AS (DELETE FROM items WHERE id = 2 RETURNING id) SELECT id FROM d")
+    assert values(cte) == [[2]]  # a data-modifying WITH cannot be a cursor: it runs plainly
+    assert values(await pg.query("SELECT id, name FROM items")) == [[1, "a"]]
+
+
+# --- limits and errors ----------------------------------------------------------------------------------
+
+
+async def test_row_cap_reads_only_what_it_returns(pg: Data) -> None:
+    # 10^8 rows, produced lazily: only a cursor that fetches max_rows + 1 answers within the timeout.
+    huge = "SELECT a.g FROM generate_series(1, 10000) AS a(g), generate_series(1, 10000) AS b(g)"
+    response = await pg.query(huge, max_rows=5, timeout_ms=5000)
+    assert values(response) == [[1], [1], [1], [1], [1]] and response.truncated and response.row_count == 5
+
+
+async def test_statement_timeout_is_deadline_exceeded(pg: Data) -> None:
+    code, message, details = await fails(pg.query("SELECT pg_sleep(5)", timeout_ms=200))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and details["sqlstate"] == "57014"
+    assert values(await pg.query("SELECT 1")) == [[1]]
+
+
+async def test_a_tenant_cannot_lift_its_own_timeout(pg: Data) -> None:
+    await pg.query("SET statement_timeout = 0")
+    code, _, _ = await fails(pg.query("SELECT pg_sleep(5)", timeout_ms=200))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_syntax_error_is_invalid_argument_with_position(pg: Data) -> None:
+    for sql, at in (
+        ("SELECT * FROM WHERE x", "WHERE"),
+        ("SELEC 1", "SELEC"),
+        ("  DELETE FROM WHERE", "WHERE"),
+    ):
+        code, message, details = await fails(pg.query(sql))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "syntax error" in message
+        assert details["sqlstate"] == "42601" and details["position"] == sql.index(at) + 1, sql
+
+
+async def test_error_positions_refer_to_the_callers_text_even_with_parameters(pg: Data) -> None:
+    sql = "SELECT $1, nosuch"
+    _, _, details = await fails(pg.query(sql, data_pb2.Cell(text="a much longer literal than $1")))
+    assert details["position"] == sql.index("nosuch") + 1
+
+
+async def test_multiple_statements_are_refused(pg: Data) -> None:
+    code, message, _ = await fails(pg.query("SELECT 1; SELECT 2"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "one statement" in message
+
+
+# --- tenant isolation, enforced by PostgreSQL -----------------------------------------------------------
+
+
+async def test_a_tenant_cannot_read_another_tenants_table(pg: Data, other: Data) -> None:
+    await other.query("CREATE TABLE secrets (v text)")
+    await other.query("INSERT INTO secrets VALUES ('other only')")
+    code, _, details = await fails(pg.query(f"SELECT * FROM t_{other.tenant}.secrets"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and details["sqlstate"] == "42501"
+    code, _, details = await fails(pg.query("SELECT * FROM secrets"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details["sqlstate"] == "42P01"
+    code, _, _ = await fails(pg.query(f"SELECT * FROM t_{other.tenant}.secrets", viewer=True))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize("table", ["launchpad.data_tenants", "launchpad.schema_migrations"])
+async def test_platform_tables_are_out_of_reach(pg: Data, table: str) -> None:
+    code, _, _ = await fails(pg.query(f"SELECT * FROM {table}"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SET ROLE postgres",
+        "SELECT set_config('role', 'postgres', false)",
+        "SET SESSION AUTHORIZATION postgres",
+        "SELECT pg_read_file('/etc/passwd')",
+        "COPY (SELECT 1) TO PROGRAM 'id'",
+        "SELECT lo_import('/etc/passwd')",
+        "CREATE TABLE public.shared (v text)",
+        "ALTER ROLE CURRENT_USER SUPERUSER",
+        "CREATE ROLE sneaky",
+        "CREATE SCHEMA sneaky",
+    ],
+)
+async def test_privilege_raising_sql_fails(pg: Data, sql: str) -> None:
+    code, _, details = await fails(pg.query(sql))
+    assert code == grpc.StatusCode.PERMISSION_DENIED, details
+
+
+async def test_reset_role_gives_nothing_more(pg: Data, other: Data) -> None:
+    await other.query("CREATE TABLE secrets (v text)")
+    await pg.query("RESET ROLE")
+    code, _, _ = await fails(pg.query(f"SELECT * FROM t_{other.tenant}.secrets"))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    [[role]] = values(await pg.query("SELECT current_user"))
+    assert role == f"lp_{pg.tenant}_rw"
+
+
+async def test_tenant_roles_are_plain_logins_without_memberships(pg: Data, live_env: LiveDb) -> None:
+    await pg.query("SELECT 1", viewer=True)
+    for role in (f"lp_{pg.tenant}_rw", f"lp_{pg.tenant}_ro"):
+        [(superuser, createrole, createdb, bypassrls)] = admin(
+            live_env.dsn,
+            "SELECT rolsuper, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles WHERE rolname = %s",
+            (role,),
+        )
+        assert not (superuser or createrole or createdb or bypassrls)
+        members = admin(
+            live_env.dsn,
+            "SELECT 1 FROM pg_auth_members WHERE member = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+            (role,),
+        )
+        assert members == []
+
+
+async def test_viewers_read_tables_created_later_but_never_write(pg: Data) -> None:
+    await pg.query("SELECT 1", viewer=True)  # the tenant exists before the table does
+    await pg.query("CREATE TABLE notes (v text)")
+    await pg.query("INSERT INTO notes VALUES ('x')")
+    assert values(await pg.query("SELECT v FROM notes", viewer=True)) == [["x"]]
+    for sql in ("INSERT INTO notes VALUES ('y')", "DELETE FROM notes", "CREATE TABLE more (v text)",
+                "CREATE TEMP TABLE scratch (v text)", "DROP TABLE notes"):  # fmt: skip
+        code, _, _ = await fails(pg.query(sql, viewer=True))
+        assert code == grpc.StatusCode.PERMISSION_DENIED, sql
+    assert values(await pg.query("SELECT v FROM notes")) == [["x"]]
+
+
+async def test_session_state_never_leaks_into_the_next_call(pg: Data, live_env: LiveDb) -> None:
+    await pg.query("CREATE TABLE mine (v int)")
+    await pg.query("SET search_path = public")
+    assert values(await pg.query("SELECT count(*) FROM mine")) == [[0]]
+    await pg.query("SELECT pg_advisory_lock(4242)")
+    held = admin(
+        live_env.dsn,
+        "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND a.usename = %s",
+        (f"lp_{pg.tenant}_rw",),
+    )
+    assert held == []  # a tenant cannot hold a lock the platform's migrations or provisioning need
+
+
+# --- schema information ---------------------------------------------------------------------------------
+
+
+async def test_list_tables_on_postgres(pg: Data) -> None:
+    await pg.query("CREATE TABLE authors (id bigserial PRIMARY KEY, name text NOT NULL DEFAULT 'anon')")
+    await pg.query(
+        "CREATE TABLE books (isbn text, edition int, author bigint REFERENCES authors(id), PRIMARY KEY (isbn, edition))"
+    )
+    response = await pg.stub.ListTables(data_pb2.ListTablesRequest(), metadata=pg.viewer)
+    tables = {t.name: t for t in response.tables}
+    assert response.backend == "postgresql" and set(tables) == {"authors", "books"}
+    id_column, name_column = tables["authors"].columns
+    assert (id_column.type, id_column.nullable, id_column.primary_key) == ("bigint", False, True)
+    assert id_column.default.startswith("nextval(")
+    assert (name_column.nullable, name_column.default) == (False, "'anon'::text")
+    assert list(tables["books"].primary_key) == ["isbn", "edition"]
+    [key] = tables["books"].foreign_keys
+    assert (list(key.columns), key.references_table, list(key.references_columns)) == (
+        ["author"],
+        "authors",
+        ["id"],
+    )
+
+
+async def test_list_tables_shows_only_the_callers_tenant(pg: Data, other: Data) -> None:
+    await other.query("CREATE TABLE theirs (v int)")
+    response = await pg.stub.ListTables(data_pb2.ListTablesRequest(), metadata=pg.dev)
+    assert [t.name for t in response.tables] == []
+
+
+async def test_explain_on_postgres(pg: Data) -> None:
+    await pg.query("CREATE TABLE e (id int PRIMARY KEY, v text)")
+    read = await pg.stub.Explain(
+        data_pb2.ExplainRequest(sql="SELECT v FROM e WHERE id = $1", params=[data_pb2.Cell(int=1)]),
+        metadata=pg.viewer,
+    )
+    assert read.read_only and "e" in read.plan and read.backend == "postgresql"
+    write = await pg.stub.Explain(data_pb2.ExplainRequest(sql="DELETE FROM e"), metadata=pg.dev)
+    assert not write.read_only and write.plan.startswith("Delete on e")
+    locking = await pg.stub.Explain(
+        data_pb2.ExplainRequest(sql="SELECT * FROM e FOR UPDATE"), metadata=pg.dev
+    )
+    assert not locking.read_only
+    code, message, _ = await fails(
+        pg.stub.Explain(data_pb2.ExplainRequest(sql="DROP TABLE e"), metadata=pg.dev)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "no plan" in message
+    assert values(await pg.query("SELECT count(*) FROM e")) == [[0]]
+
+
+# --- start-up and provisioning under concurrency --------------------------------------------------------
+
+
+async def test_replicas_starting_at_once_and_provisioning_one_tenant(live_env: LiveDb) -> None:
+    tenant = live_env.tenant()
+
+    async def replica() -> list[Any]:
+        async with running_service("data", build) as (runtime, channel):
+            data = Data(Stub(channel), runtime, tenant)
+            return values(await data.query("SELECT current_user::text"))
+
+    results = await asyncio.gather(*(replica() for _ in range(3)))
+    assert results == [[[f"lp_{tenant}_rw"]]] * 3
+
+
+async def test_a_dropped_tenant_role_is_recreated(pg: Data, live_env: LiveDb) -> None:
+    await pg.query("SELECT 1", viewer=True)
+    role = f"lp_{pg.tenant}_ro"
+    admin(live_env.dsn, f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+    async with running_service("data", build) as (runtime, channel):  # a fresh process: pools are empty
+        data = Data(Stub(channel), runtime, pg.tenant)
+        assert values(await data.query("SELECT current_user::text", viewer=True)) == [[role]]
+
+
+async def test_tenant_role_passwords_are_stored_as_scram_of_the_derived_secret(
+    pg: Data, live_env: LiveDb, settings_env: Path
+) -> None:
+    await pg.query("SELECT 1")
+    role = f"lp_{pg.tenant}_rw"
+    [(stored,)] = admin(live_env.dsn, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
+    iterations, salt = stored.split("$")[1].split(":")
+    password = role_password(tenant_secret(settings_env), role)
+    assert stored == scram_verifier(password, base64.b64decode(salt), int(iterations))
+
+
+def test_scram_verifier_matches_what_postgres_computes(live_env: LiveDb) -> None:
+    role = f"lp_scram_{uuid.uuid4().hex[:8]}"
+    admin(live_env.dsn, f"SET password_encryption = 'scram-sha-256'; CREATE ROLE {role} PASSWORD 'abc123'")
+    try:
+        [(stored,)] = admin(live_env.dsn, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
+    finally:
+        admin(live_env.dsn, f"DROP ROLE {role}")
+    iterations, salt = stored.split("$")[1].split(":")
+    assert stored == scram_verifier("abc123", base64.b64decode(salt), int(iterations))
