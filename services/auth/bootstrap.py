@@ -16,7 +16,8 @@ from pathlib import Path
 
 from services.auth.passwords import Passwords
 from services.auth.store import AuthStore, UserRecord
-from services.auth.users import PLATFORM_TENANT, now_ms, validate_password
+from services.auth.users import MAX_PASSWORD, MIN_PASSWORD, PLATFORM_TENANT, now_ms
+from services.core.config import ConfigError
 from services.core.errors import AlreadyExists
 
 ADMIN_USERNAME = "admin"
@@ -30,7 +31,9 @@ async def ensure_admin(
     if await store.get_user(ADMIN_USERNAME) is not None:
         return False
     generated = not configured_password
-    password = validate_password(configured_password) if configured_password else secrets.token_urlsafe(18)
+    if configured_password and not MIN_PASSWORD <= len(configured_password) <= MAX_PASSWORD:
+        raise ConfigError(f"LAUNCHPAD_ADMIN_PASSWORD must be {MIN_PASSWORD} to {MAX_PASSWORD} characters")
+    password = configured_password or secrets.token_urlsafe(18)
     now = now_ms()
     await store.ensure_tenant(PLATFORM_TENANT, "system", now)
     admin = UserRecord(

@@ -53,8 +53,13 @@ class Authenticator:
             raise Unauthenticated(BAD_CREDENTIALS)
         limit_keys = (f"user:{username}", f"client:{client}")
         stamp = self._limiter.reserve(limit_keys)
-        user = await self._store.get_user(username)
-        if not await self._passwords.verify(user.password_hash if user else None, password) or user is None:
+        try:
+            user = await self._store.get_user(username)
+            matched = await self._passwords.verify(user.password_hash if user else None, password)
+        except BaseException:  # the database failed, not the caller: the attempt does not count
+            self._limiter.release(limit_keys, stamp)
+            raise
+        if not matched or user is None:
             raise Unauthenticated(BAD_CREDENTIALS)
         self._limiter.release(limit_keys, stamp)
         if user.disabled:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,7 +41,7 @@ class PolicyAdmin:
         await self._store.insert_policy(record)
         return record
 
-    def dry_run(
+    async def dry_run(
         self,
         caller: Principal,
         document: Mapping[str, Any],
@@ -49,6 +50,11 @@ class PolicyAdmin:
         resource: str,
         subject: Mapping[str, Any] | None = None,
     ) -> list[Decision]:
-        """One decision per record; the subject defaults to the caller (sub, tenant, roles)."""
+        """One decision per record; the subject defaults to the caller (sub, tenant, roles).
+
+        Evaluation is pure CPU (bounded by policies.MAX_STEPS): it runs in a worker thread so a large dry run
+        does not hold up other calls on the event loop.
+        """
         policy = parse_policy(document)
-        return dry_run(policy, records, action, resource, subject or caller_subject(caller))
+        subject = subject or caller_subject(caller)
+        return await asyncio.to_thread(dry_run, policy, records, action, resource, subject)

@@ -112,7 +112,7 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def DryRunPolicy(
         self, request: auth_pb2.DryRunPolicyRequest, context: Context
     ) -> auth_pb2.DryRunPolicyResponse:
-        decisions = self._policies.dry_run(
+        decisions = await self._policies.dry_run(
             current_principal(),
             policy_document(request.policy),
             [struct_to_dict(record) for record in request.records],

@@ -121,7 +121,7 @@ class Users:
         user = await self._store.get_user(caller.subject)
         if user is not None and user.tenant == caller.tenant:
             return user
-        return UserRecord(caller.subject, caller.tenant, caller.roles, False, 0, 0, "", password_hash="")
+        return UserRecord(caller.subject, caller.tenant, caller.roles, False, 0, 0, "")
 
     async def create(self, caller: Principal, new: NewUser) -> UserRecord:
         username, password = validate_username(new.username), validate_password(new.password)
@@ -133,13 +133,13 @@ class Users:
             )
         now = now_ms()
         user = UserRecord(
-            username,
-            tenant,
-            roles,
-            False,
-            now,
-            now,
-            caller.subject,
+            username=username,
+            tenant=tenant,
+            roles=roles,
+            disabled=False,
+            created_at=now,
+            updated_at=now,
+            created_by=caller.subject,
             password_hash=await self._passwords.hash(password),
         )
         await self._store.ensure_tenant(tenant, caller.subject, now)
@@ -147,21 +147,23 @@ class Users:
         return user
 
     async def update(self, caller: Principal, username: str, change: UserChange) -> UserRecord:
+        # Fields first: a 400 says nothing about whether the user exists.
+        password = None if change.password is None else validate_password(change.password)
+        roles = validate_roles(change.roles) if change.roles else None
         user = await self.get(caller, username)
         updated = replace(
             user,
-            roles=validate_roles(change.roles) if change.roles else user.roles,
+            roles=roles or user.roles,
             disabled=user.disabled if change.disabled is None else change.disabled,
             updated_at=now_ms(),
         )
         if updated.disabled and not user.disabled and _is_self(caller, user):
             raise FailedPrecondition("you cannot disable yourself", field="disabled")
         await self._keep_a_platform_admin(user, updated)
-        if change.password is not None:
-            updated = replace(
-                updated, password_hash=await self._passwords.hash(validate_password(change.password))
-            )
-        await self._store.update_user(updated)
+        if password is not None:
+            updated = replace(updated, password_hash=await self._passwords.hash(password))
+        if not await self._store.update_user(updated):
+            raise NotFound(f"user {username!r} not found", field="username")
         return updated
 
     async def delete(self, caller: Principal, username: str) -> None:

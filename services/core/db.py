@@ -291,10 +291,17 @@ class PgPool:
         else:
             conn.close()
 
+    def discard_idle(self) -> None:
+        """After a connection died (server restart): the idle ones are most likely dead too."""
+        while self._idle:
+            try:
+                self._idle.pop().close()
+            except IndexError:  # emptied by another thread meanwhile
+                return
+
     def close(self) -> None:
         self._closed = True
-        while self._idle:
-            self._idle.pop().close()
+        self.discard_idle()
 
 
 class PgPlatformDb(PlatformDb):
@@ -350,6 +357,8 @@ class PgPlatformDb(PlatformDb):
             with conn.cursor() as cur:
                 return fn(cur, *args)
         except psycopg2.Error as exc:
+            if conn.closed:  # this call fails; the next ones get fresh connections
+                self._pool.discard_idle()
             raise platform_pg_error(exc) from exc
         finally:
             self._pool.put(conn)

@@ -42,7 +42,9 @@ class Limits:
     max_rows: int
 
     @classmethod
-    def of(cls, settings: Settings, timeout_ms: int = 0, max_rows: int = 0, remaining_s: float | None = None):
+    def of(
+        cls, settings: Settings, timeout_ms: int = 0, max_rows: int = 0, remaining_s: float | None = None
+    ) -> Limits:
         timeout = min(timeout_ms or settings.query_timeout_ms, settings.query_timeout_ms)
         if remaining_s is not None:  # the caller's own deadline is a limit too
             timeout = min(timeout, max(1, int(remaining_s * 1000)))
@@ -112,7 +114,7 @@ class TenantSql(ABC):
     async def query(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> QueryResult: ...
 
     @abstractmethod
-    async def list_tables(self, caller: Caller) -> list[Table]: ...
+    async def list_tables(self, caller: Caller, limits: Limits) -> list[Table]: ...
 
     @abstractmethod
     async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan: ...

@@ -14,8 +14,10 @@ cursor (FETCH max_rows + 1), so a huge result never reaches this process. Afterw
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -85,6 +87,21 @@ class TenantNames:
 
 def role_password(secret: bytes, role: str) -> str:
     return hmac.new(secret, f"launchpad-tenant-role:{role}".encode(), hashlib.sha256).hexdigest()
+
+
+def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4096) -> str:
+    """What PostgreSQL stores for a SCRAM-SHA-256 password (RFC 5802/7677), computed here so the password
+    itself never appears in a CREATE/ALTER ROLE statement (and so never in the server's statement log)."""
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
+    server_key = hmac.new(salted, b"Server Key", hashlib.sha256).digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    return f"SCRAM-SHA-256${iterations}:{_b64(salt)}${_b64(stored_key)}:{_b64(server_key)}"
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 # --- Value mapping: what psycopg2 returns for each type (registered on tenant connections only) --------
@@ -217,7 +234,10 @@ def _query(
         rendered = render(statement, [_literal(cur, p) for p in params])
         cursor = statement.keyword in _CURSORABLE
         description, rows, truncated, affected = _run_statement(cur, rendered, cursor, writable, limits)
-        types = _type_names(cur, [d.type_code for d in description])
+        try:
+            types = _type_names(cur, [d.type_code for d in description])
+        except psycopg2.Error as exc:
+            raise tenant_error(exc, limits, None, 0) from exc
     columns = [Column(d.name, t) for d, t in zip(description, types, strict=True)]
     return QueryResult(columns, rows, truncated, affected, (time.perf_counter() - started) * 1000, BACKEND)
 
@@ -234,13 +254,13 @@ def _run_statement(
         description = list(cur.description or ())
         rows = cur.fetchmany(limits.max_rows + 1) if description else []
         status = (cur.statusmessage or "").split()
+        _finish(cur, ok=True)  # COMMIT can fail too (deferred constraints, serialization)
     except psycopg2.Error as exc:
         _safe_rollback(cur)
         if cursor and isinstance(exc, psycopg2.errors.FeatureNotSupported):
             # DECLARE refuses a data-modifying WITH; nothing ran (rolled back), so run it plainly
             return _run_statement(cur, rendered, False, writable, limits)
         raise tenant_error(exc, limits, rendered, len(head)) from exc
-    _finish(cur, ok=True)
     affected = int(status[-1]) if status and status[0] in _AFFECTING and status[-1].isdigit() else 0
     return description, rows[: limits.max_rows], len(rows) > limits.max_rows, affected
 
@@ -267,10 +287,10 @@ def _explain(
         try:
             _first(cur, head + rendered.text)
             lines = [row[0] for row in cur.fetchall()]
+            _finish(cur, ok=False)  # EXPLAIN without ANALYZE runs nothing; roll back regardless
         except psycopg2.Error as exc:
             _safe_rollback(cur)
             raise tenant_error(exc, limits, rendered, len(head)) from exc
-        _finish(cur, ok=False)  # EXPLAIN without ANALYZE runs nothing; roll back regardless
     plan = "\n".join(lines)
     read_only = reads_only(statement.text, "postgres") is not False and not _plan_writes(lines)
     return Plan(plan, read_only, BACKEND)
@@ -320,10 +340,10 @@ def _list_tables(conn: ext.connection, schema: str, writable: bool, limits: Limi
             columns = cur.fetchall()
             cur.execute(_FOREIGN_KEYS_SQL, (schema,))
             keys = cur.fetchall()
+            _finish(cur, ok=True)
         except psycopg2.Error as exc:
             _safe_rollback(cur)
             raise tenant_error(exc, limits, None, 0) from exc
-        _finish(cur, ok=True)
     return _tables(columns, keys)
 
 
@@ -370,7 +390,8 @@ def _provision_role(cur: ext.cursor, role: str, password: str, schema: str, time
     ident = pgsql.Identifier(role)
     cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
     verb = "ALTER" if cur.fetchone() else "CREATE"
-    cur.execute(pgsql.SQL(f"{verb} ROLE {{}} {_ROLE_ATTRIBUTES} PASSWORD %s").format(ident), (password,))
+    statement = pgsql.SQL(f"{verb} ROLE {{}} {_ROLE_ATTRIBUTES} PASSWORD %s").format(ident)
+    cur.execute(statement, (scram_verifier(password),))
     # No membership in any other role: whatever was granted to it is taken back.
     cur.execute(
         "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
@@ -429,8 +450,13 @@ class _Tenant:
             try:
                 return fn(conn, *args)
             except _Stale as exc:
+                pool.discard_idle()  # the server restarted: every idle connection is dead as well
                 if attempt:
                     raise Unavailable(f"PostgreSQL connection lost: {exc.__cause__}") from exc
+            except psycopg2.Error as exc:  # outside a statement: quoting a parameter, or a lost connection
+                if conn.closed:
+                    raise Unavailable(f"PostgreSQL connection lost: {first_line(exc)}") from exc
+                raise InvalidArgument(first_line(exc), sqlstate=exc.pgcode or "") from exc
             finally:
                 pool.put(conn)
         raise AssertionError("unreachable")
@@ -465,9 +491,8 @@ class PgTenants(TenantSql):
     async def query(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> QueryResult:
         return await self._run(caller, _query, scan(sql), params, caller.writable, limits)
 
-    async def list_tables(self, caller: Caller) -> list[Table]:
+    async def list_tables(self, caller: Caller, limits: Limits) -> list[Table]:
         names = TenantNames(checked_tenant(caller.tenant))
-        limits = Limits(self._max_timeout_ms, 1)
         return await self._run(caller, _list_tables, names.schema, caller.writable, limits)
 
     async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan:

@@ -121,7 +121,9 @@ def table_message(table: Table) -> data_pb2.Table:
         primary_key=table.primary_key,
         foreign_keys=[
             data_pb2.ForeignKey(
-                columns=k.columns, references_table=k.references_table, references_columns=k.references_columns
+                columns=k.columns,
+                references_table=k.references_table,
+                references_columns=k.references_columns,
             )
             for k in table.foreign_keys
         ],
@@ -153,9 +155,13 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         params = [from_cell(p) for p in request.params]
         return query_response(await self._sql.query(caller, request.sql, params, limits))
 
-    async def ListTables(self, request: data_pb2.ListTablesRequest, context: Any) -> data_pb2.ListTablesResponse:
-        tables = await self._sql.list_tables(_caller())
-        return data_pb2.ListTablesResponse(tables=[table_message(t) for t in tables], backend=self._sql.backend)
+    async def ListTables(
+        self, request: data_pb2.ListTablesRequest, context: Any
+    ) -> data_pb2.ListTablesResponse:
+        tables = await self._sql.list_tables(_caller(), self._limits(context))
+        return data_pb2.ListTablesResponse(
+            tables=[table_message(t) for t in tables], backend=self._sql.backend
+        )
 
     async def Explain(self, request: data_pb2.ExplainRequest, context: Any) -> data_pb2.ExplainResponse:
         caller = _caller()

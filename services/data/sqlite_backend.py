@@ -183,25 +183,37 @@ class _Connection:
         read_only = not actions and reads_only(sql, "sqlite") is not False
         return Plan(_plan_text(rows), read_only, BACKEND)
 
-    def list_tables(self) -> list[Table]:
-        tables: dict[str, Table] = {}
-        keys: dict[str, list[tuple[int, str]]] = {}
-        for name, column, type_, notnull, default, pk in self.conn.execute(_COLUMNS):
-            table = tables.setdefault(name, Table(name))
-            table.columns.append(
-                TableColumn(column, type_ or "", not notnull and not pk, bool(pk), default or "")
-            )
-            if pk:  # pk is the column's 1-based position in the primary key
-                keys.setdefault(name, []).append((pk, column))
-        for name, positions in keys.items():
-            tables[name].primary_key = [column for _, column in sorted(positions)]
-        for name, _, target, sources, targets in _foreign_keys(self.conn):
-            referenced = targets if all(targets) else tables.get(target, Table(target)).primary_key
-            tables[name].foreign_keys.append(ForeignKey(sources, target, list(referenced)))
-        return list(tables.values())
+    def list_tables(self, limits: Limits) -> list[Table]:
+        self.deadline = time.monotonic() + limits.timeout_ms / 1000
+        try:
+            columns, keys = self.conn.execute(_COLUMNS).fetchall(), _foreign_keys(self.conn)
+        except sqlite3.Error as exc:
+            raise tenant_error(exc, limits) from exc
+        finally:
+            self.deadline = math.inf
+        return _tables(columns, keys)
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _tables(columns: list[tuple[Any, ...]], foreign_keys: list[tuple[Any, ...]]) -> list[Table]:
+    tables: dict[str, Table] = {}
+    keys: dict[str, list[tuple[int, str]]] = {}
+    for name, column, type_, notnull, default, pk in columns:
+        table = tables.setdefault(name, Table(name))
+        table.columns.append(
+            TableColumn(column, type_ or "", not notnull and not pk, bool(pk), default or "")
+        )
+        if pk:  # pk is the column's 1-based position in the primary key
+            keys.setdefault(name, []).append((pk, column))
+    for name, positions in keys.items():
+        tables[name].primary_key = [column for _, column in sorted(positions)]
+    for name, _, target, sources, targets in foreign_keys:
+        # A key naming no columns references the target's primary key.
+        referenced = targets if all(targets) else tables.get(target, Table(target)).primary_key
+        tables[name].foreign_keys.append(ForeignKey(sources, target, list(referenced)))
+    return list(tables.values())
 
 
 _COLUMNS = """
@@ -294,8 +306,8 @@ class _Tenant:
             raise Unavailable(f"cannot open the tenant database: {exc}") from exc
         try:
             return fn(conn, *args)
-        finally:
-            if self.closed:
+        finally:  # more than PER_TENANT exist only after a cancelled call: do not keep the extra
+            if self.closed or len(pool) >= PER_TENANT:
                 conn.close()
             else:
                 pool.append(conn)
@@ -320,8 +332,8 @@ class SqliteTenants(TenantSql):
     async def query(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> QueryResult:
         return await self._run(caller, _Connection.query, sql, [_param(p) for p in params], limits)
 
-    async def list_tables(self, caller: Caller) -> list[Table]:
-        return await self._run(caller, _Connection.list_tables)
+    async def list_tables(self, caller: Caller, limits: Limits) -> list[Table]:
+        return await self._run(caller, _Connection.list_tables, limits)
 
     async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan:
         return await self._run(caller, _Connection.explain, sql, [_param(p) for p in params], limits)

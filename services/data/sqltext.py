@@ -56,9 +56,20 @@ class Statement:
         return max((p.index + 1 for p in self.params), default=0)
 
 
-@lru_cache(maxsize=2048)
+CACHED_SQL_CHARS = 4096  # longer texts are scanned each time rather than pinned in the caches
+
+
 def scan(sql: str) -> Statement:
     """The single statement of `sql`; InvalidArgument when it holds none or several."""
+    return _scan_cached(sql) if len(sql) <= CACHED_SQL_CHARS else _scan(sql)
+
+
+@lru_cache(maxsize=2048)
+def _scan_cached(sql: str) -> Statement:
+    return _scan(sql)
+
+
+def _scan(sql: str) -> Statement:
     statements, keyword, params, pos, end, text_end, has_content = 0, "", [], 0, len(sql), 0, False
     while pos < len(sql):
         match = _TOKEN.match(sql, pos)
@@ -151,9 +162,17 @@ def render(statement: Statement, literals: list[str]) -> Rendered:
 _WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Into, exp.Lock)
 
 
-@lru_cache(maxsize=1024)
 def reads_only(sql: str, dialect: str) -> bool | None:
     """True when sqlglot parses `sql` as a query that changes nothing; None when it cannot tell."""
+    return _reads_only_cached(sql, dialect) if len(sql) <= CACHED_SQL_CHARS else _reads_only(sql, dialect)
+
+
+@lru_cache(maxsize=1024)
+def _reads_only_cached(sql: str, dialect: str) -> bool | None:
+    return _reads_only(sql, dialect)
+
+
+def _reads_only(sql: str, dialect: str) -> bool | None:
     try:
         trees = sqlglot.parse(sql, read=dialect)
     except sqlglot.errors.SqlglotError:

@@ -172,7 +172,9 @@ async def test_row_cap_reads_only_what_it_returns(pg: Data) -> None:
 
 async def test_statement_timeout_is_deadline_exceeded(pg: Data) -> None:
     code, message, details = await fails(pg.query("SELECT pg_sleep(5)", timeout_ms=200))
-    assert code == grpc.StatusCode.DEADLINE_EXCEEDED and details["sqlstate"] == "57014"
+    assert (
+        code == grpc.StatusCode.DEADLINE_EXCEEDED and details["sqlstate"] == "57014" and "200 ms" in message
+    )
     assert values(await pg.query("SELECT 1")) == [[1]]
 
 
@@ -389,3 +391,11 @@ def test_scram_verifier_matches_what_postgres_computes(live_env: LiveDb) -> None
         admin(live_env.dsn, f"DROP ROLE {role}")
     iterations, salt = stored.split("$")[1].split(":")
     assert stored == scram_verifier("abc123", base64.b64decode(salt), int(iterations))
+
+
+async def test_a_constraint_checked_at_commit_is_invalid_argument(pg: Data) -> None:
+    await pg.query("CREATE TABLE parent (id int PRIMARY KEY)")
+    await pg.query("CREATE TABLE child (pid int REFERENCES parent DEFERRABLE INITIALLY DEFERRED)")
+    code, _, details = await fails(pg.query("INSERT INTO child VALUES (1)"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details["sqlstate"] == "23503"
+    assert values(await pg.query("SELECT count(*) FROM child")) == [[0]]
