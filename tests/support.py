@@ -90,8 +90,12 @@ async def running_service(
     """
     runtime = new_runtime(load_settings(name))
     runtime.keys = keys
-    specs = await build(runtime)
-    server, port = await create_server(runtime, specs, port=0)
+    try:
+        specs = await build(runtime)
+        server, port = await create_server(runtime, specs, port=0)
+    except BaseException:
+        await runtime.close()
+        raise
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
         yield runtime, channel

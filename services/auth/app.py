@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from services.auth.ratelimit import LoginLimiter
 from services.auth.servicer import AuthServicer
 from services.auth.store import AuthStore
 from services.auth.users import Users
+from services.core.config import Settings
 from services.core.db import open_platform_db
 from services.core.errors import Unavailable
 from services.core.server import Runtime, ServiceSpec
@@ -25,15 +25,14 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 ADMIN_RETRY_S = 5.0
 
 
-def key_path(data_dir: Path) -> Path:
+def key_path(settings: Settings) -> Path:
     """LAUNCHPAD_JWT_KEY_PATH (a mounted secret, shared by replicas), else <data_dir>/auth/jwt-signing-key.pem."""
-    configured = os.environ.get("LAUNCHPAD_JWT_KEY_PATH", "").strip()
-    return Path(configured) if configured else data_dir / "auth" / KEY_FILE
+    return settings.jwt_key_path or settings.data_dir / "auth" / KEY_FILE
 
 
 async def build(runtime: Runtime) -> list[ServiceSpec]:
     settings = runtime.settings
-    ring = await asyncio.to_thread(load_key_ring, key_path(settings.data_dir))
+    ring = await asyncio.to_thread(load_key_ring, key_path(settings))
     runtime.keys = ring.static_keys()  # the kit verifies our own tokens without calling us
     runtime.log.info("jwt signing key ready", extra={"kid": ring.signing_kid, "keys": len(ring.keys)})
     db = await open_platform_db(settings, runtime.deps, migrations=MIGRATIONS)

@@ -5,8 +5,9 @@ action and resource match and every condition holds. Deny overrides allow; when 
 deny (rule index -1). Every decision carries a human reason, and a condition that cannot be evaluated (a
 missing field, `gt` between a string and a number) is "not matched, because ...", never a crash.
 
-Values follow JSON: numbers (int or float, never bool), strings, booleans, null, lists, objects. Nothing here
-imports grpc; the servicer converts protobuf Structs into plain dicts first.
+Values follow JSON: numbers (int or float, never bool), strings, booleans, null, lists, objects. Conditions
+are checked in key order (JSON objects and protobuf Structs carry no order; all must hold anyway, the order
+only shapes the reason text). Nothing here imports grpc; the servicer converts Structs into plain dicts.
 """
 
 from __future__ import annotations

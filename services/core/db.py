@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -446,8 +447,21 @@ class SqlitePlatformDb(PlatformDb):
 
 
 def _sqlite_setup(conn: sqlite3.Connection, service: str, migrations: list[Migration]) -> int:
-    conn.execute("PRAGMA journal_mode = WAL")
+    _enable_wal(conn)
     return migrate_sqlite(conn, service, migrations)
+
+
+def _enable_wal(conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switching a new file to WAL needs an exclusive lock and ignores busy_timeout: retry (replicas and
+    `make up` open the same file at once)."""
+    for attempt in range(attempts):
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
 
 
 def _sqlite_fetchall(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]) -> list[Row]:

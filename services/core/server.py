@@ -74,6 +74,8 @@ class Runtime:
 
 
 def new_runtime(settings: Settings) -> Runtime:
+    # The data dir holds password hashes, keys and the audit log: owner-only.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = setup_logging(settings.service, settings.log_dir)
     return Runtime(settings, Registry(), AuditLog(settings.audit_path), log)
 

@@ -98,7 +98,9 @@ def test_enums_are_names_and_unknown_numbers_stay_numbers() -> None:
 
 
 def test_well_known_types() -> None:
-    user = auth_pb2.User(username="u", created_at=timestamp_pb2.Timestamp(seconds=1_700_000_000, nanos=5_000_000))
+    user = auth_pb2.User(
+        username="u", created_at=timestamp_pb2.Timestamp(seconds=1_700_000_000, nanos=5_000_000)
+    )
     assert out(user)["created_at"] == "2023-11-14T22:13:20.005Z"
     rule = auth_pb2.Rule(effect="allow")
     rule.condition.update({"record.owner": {"eq": "$subject.sub"}, "record.size": {"lt": 10}})

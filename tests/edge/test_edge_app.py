@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from edge import codec
 from edge.app import create_app
 from edge.ratelimit import MemoryRateLimiter
+from edge.routes import RouteTable, RpcEndpoint
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from launchpad.storage.v1 import storage_pb2, storage_pb2_grpc
@@ -197,6 +198,12 @@ async def edge_stack(**overrides: Any) -> AsyncIterator[Stack]:
                 await app.state.edge.backends.close()
 
 
+def endpoint(app: FastAPI, path: str) -> RpcEndpoint:
+    """The RpcEndpoint serving a literal contract path."""
+    table = next(r for r in app.router.routes if isinstance(r, RouteTable))
+    return next(r.app for r in table.routes if r.path == path)
+
+
 def bearer(token: str | None = None, **claims: Any) -> dict[str, str]:
     return {"authorization": f"Bearer {token or make_token(**claims)}"}
 
@@ -335,8 +342,7 @@ async def test_grpc_timeout_header_lowers_the_deadline(stack: Stack) -> None:
 
 
 async def test_grpc_timeout_header_cannot_raise_the_deadline(stack: Stack) -> None:
-    query = next(r for r in stack.app.router.routes if getattr(r, "path", "") == "/api/data/query")
-    query.app.timeout_s = 0.1  # the route's default deadline, for this test
+    endpoint(stack.app, "/api/data/query").timeout_s = 0.1  # the route's default deadline, for this test
     headers = {**bearer(), "grpc-timeout": "30S"}
     started = time.monotonic()
     response = await stack.client.post("/api/data/query", json={"sql": "SLEEP 1000"}, headers=headers)
@@ -527,12 +533,10 @@ async def test_unknown_path_and_wrong_method_use_the_error_shape(stack: Stack) -
 
 
 async def test_unexpected_edge_error_is_a_generic_500(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    route = next(r for r in stack.app.router.routes if getattr(r, "path", "") == "/api/data/query")
-
     def explode(response: Any) -> Any:
         raise RuntimeError("secret internals at /srv/edge.py")
 
-    monkeypatch.setattr(route.app, "encode", explode)
+    monkeypatch.setattr(endpoint(stack.app, "/api/data/query"), "encode", explode)
     response = await stack.client.post("/api/data/query", json={"sql": "SELECT 1"}, headers=bearer())
     assert response.status_code == 500
     body = response.json()

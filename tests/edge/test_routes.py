@@ -86,7 +86,9 @@ def _echo_contract() -> Any:
             _method("Update", update),
             _method("Files", http_pb2.HttpRule(get="/files/{path=**}"), public=True),
             _method("Create", http_pb2.HttpRule(post="/echo", body="*")),
-            _method("Erase", http_pb2.HttpRule(custom=http_pb2.CustomHttpPattern(kind="PURGE", path="/echo/{id}"))),
+            _method(
+                "Erase", http_pb2.HttpRule(custom=http_pb2.CustomHttpPattern(kind="PURGE", path="/echo/{id}"))
+            ),
             _method("Internal"),  # no http option: no route
         ]
     )
@@ -118,17 +120,25 @@ async def echo_edge() -> AsyncIterator[Echo]:
             return request
 
         return grpc.unary_unary_rpc_method_handler(
-            echo, request_deserializer=EchoRequest.FromString, response_serializer=EchoRequest.SerializeToString
+            echo,
+            request_deserializer=EchoRequest.FromString,
+            response_serializer=EchoRequest.SerializeToString,
         )
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers(
-        [grpc.method_handlers_generic_handler(ECHO.full_name, {m.name: handler(m.name) for m in ECHO.methods})]
+        [
+            grpc.method_handlers_generic_handler(
+                ECHO.full_name, {m.name: handler(m.name) for m in ECHO.methods}
+            )
+        ]
     )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     settings = load_settings("edge")
-    settings = dataclasses.replace(settings, addresses={**settings.addresses, "echotest": f"127.0.0.1:{port}"})
+    settings = dataclasses.replace(
+        settings, addresses={**settings.addresses, "echotest": f"127.0.0.1:{port}"}
+    )
     app = create_app(
         settings,
         services=[ECHO],
@@ -136,7 +146,9 @@ async def echo_edge() -> AsyncIterator[Echo]:
         limiter=MemoryRateLimiter(),
     )
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://edge") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://edge"
+        ) as client:
             client.headers["authorization"] = f"Bearer {make_token()}"
             yield Echo(client, seen)
     finally:
@@ -164,7 +176,9 @@ async def echo(settings_env: Any) -> AsyncIterator[Echo]:
         ("/v1/*/echo", "/v1/{w1}/echo", "/v1/{w1}/echo", []),
     ],
 )
-def test_templates_compile_to_starlette_paths(template: str, path: str, openapi: str, fields: list[str]) -> None:
+def test_templates_compile_to_starlette_paths(
+    template: str, path: str, openapi: str, fields: list[str]
+) -> None:
     compiled, openapi_path, variables = routes.compile_template(template, EchoRequest.DESCRIPTOR)
     assert compiled.startswith(path)
     assert openapi_path == openapi
@@ -172,7 +186,8 @@ def test_templates_compile_to_starlette_paths(template: str, path: str, openapi:
 
 
 @pytest.mark.parametrize(
-    "template", ["echo/{id}", "/echo/{nope}", "/echo/{id.deeper}", "/echo/{id", "/echo/{inner}", "/echo/{tags}"]
+    "template",
+    ["echo/{id}", "/echo/{nope}", "/echo/{id.deeper}", "/echo/{id", "/echo/{inner}", "/echo/{tags}"],
 )
 def test_bad_templates_fail_at_start_up(template: str) -> None:
     with pytest.raises(ValueError):
@@ -231,7 +246,13 @@ def test_contract_mistakes_fail_at_start_up() -> None:
 async def test_path_variable_and_query_parameters(echo: Echo) -> None:
     response = await echo.client.get(
         "/echo/a%20b",
-        params=[("inner.flag", "true"), ("inner.count", "-3"), ("tags", "x"), ("tags", "y"), ("kind", "KIND_BIG")],
+        params=[
+            ("inner.flag", "true"),
+            ("inner.count", "-3"),
+            ("tags", "x"),
+            ("tags", "y"),
+            ("kind", "KIND_BIG"),
+        ],
     )
     assert response.status_code == 200, response.text
     assert response.json() == {
@@ -259,7 +280,12 @@ async def test_path_variables_win_over_query_parameters(echo: Echo) -> None:
 
 @pytest.mark.parametrize(
     ("query", "field"),
-    [("inner.count=x", "inner.count"), ("kind=HUGE", "kind"), ("inner.flag=yes", "inner.flag"), ("big=-1", "big")],
+    [
+        ("inner.count=x", "inner.count"),
+        ("kind=HUGE", "kind"),
+        ("inner.flag=yes", "inner.flag"),
+        ("big=-1", "big"),
+    ],
 )
 async def test_bad_query_values_are_400_naming_the_field(echo: Echo, query: str, field: str) -> None:
     response = await echo.client.get(f"/echo/1?{query}")

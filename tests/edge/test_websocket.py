@@ -100,7 +100,9 @@ class LogsServicer(logs_pb2_grpc.LogsServiceServicer):
                     self.produced += 1
                     yield logs_pb2.TailResponse(entry=logs_pb2.LogEntry(message="x" * 1000))
             for n in range(3):
-                yield logs_pb2.TailResponse(entry=logs_pb2.LogEntry(message=f"{request.query}:{request.level}:{n}"))
+                yield logs_pb2.TailResponse(
+                    entry=logs_pb2.LogEntry(message=f"{request.query}:{request.level}:{n}")
+                )
             if request.query != "end":
                 await asyncio.Event().wait()  # only a cancellation ends it
         finally:
@@ -143,7 +145,9 @@ async def bridge(settings_env: Any) -> AsyncIterator[Bridge]:
         realtime_pb2_grpc.add_RealtimeServiceServicer_to_server,
     )
     logs_spec = ServiceSpec(
-        logs_pb2.DESCRIPTOR.services_by_name["LogsService"], logs, logs_pb2_grpc.add_LogsServiceServicer_to_server
+        logs_pb2.DESCRIPTOR.services_by_name["LogsService"],
+        logs,
+        logs_pb2_grpc.add_LogsServiceServicer_to_server,
     )
     async with (
         kit_server("realtime", realtime_spec) as realtime_addr,
@@ -161,7 +165,9 @@ def _auth_spec() -> ServiceSpec:
     from tests.edge.test_edge_app import AuthServicer
 
     return ServiceSpec(
-        auth_pb2.DESCRIPTOR.services_by_name["AuthService"], AuthServicer(), auth_pb2_grpc.add_AuthServiceServicer_to_server
+        auth_pb2.DESCRIPTOR.services_by_name["AuthService"],
+        AuthServicer(),
+        auth_pb2_grpc.add_AuthServiceServicer_to_server,
     )
 
 
@@ -239,7 +245,9 @@ async def test_authorization_header_works_too(bridge: Bridge) -> None:
 
 
 @pytest.mark.parametrize("token", [None, "garbage", make_token(ttl=-30), make_token(kid="other")])
-async def test_missing_or_invalid_token_closes_1008_before_any_call(bridge: Bridge, token: str | None) -> None:
+async def test_missing_or_invalid_token_closes_1008_before_any_call(
+    bridge: Bridge, token: str | None
+) -> None:
     async with bridge.connect("/ws/realtime", token=token) as ws:
         error = await frame(ws)
         assert error["type"] == "error" and error["error"]["code"] == "UNAUTHENTICATED"
@@ -364,7 +372,8 @@ async def test_a_slow_client_holds_the_backend_back(bridge: Bridge) -> None:
     Compression is off so each 1 KB line costs 1 KB of buffer; the stall point is what the kernel socket,
     WebSocket and HTTP/2 flow-control buffers hold together (a few MB).
     """
-    async with bridge.connect("/ws/logs?query=burst", max_queue=1, compression=None) as ws:
+    # close_timeout: with its receive queue full, this client cannot see the server's close frame.
+    async with bridge.connect("/ws/logs?query=burst", max_queue=1, compression=None, close_timeout=0.2) as ws:
         await frame(ws)
         await asyncio.sleep(1.5)
         stalled_at = bridge.logs.produced

@@ -7,8 +7,6 @@ the `auth_env` fixture, which that module overrides.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import stat
 import statistics
 import time
@@ -635,7 +633,6 @@ async def test_a_too_short_admin_password_stops_the_start(
 async def test_replicas_starting_at_once_agree(auth_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Three replicas on one data dir and database: one key, one admin, one announced password."""
     monkeypatch.delenv("LAUNCHPAD_ADMIN_PASSWORD", raising=False)
-    _precreate_sqlite_wal(auth_env)
     runtimes = [new_runtime(load_settings("auth")) for _ in range(3)]
     servers, channels = [], []
     try:
@@ -663,15 +660,6 @@ async def test_replicas_starting_at_once_agree(auth_env: Path, monkeypatch: pyte
             await server.stop(None)
         for runtime in runtimes:
             await runtime.close()
-
-
-def _precreate_sqlite_wal(data_dir: Path) -> None:
-    """Works around services/core/db.py: two processes switching a *new* SQLite file to WAL at the same
-    moment get "database is locked" (the journal-mode change does not wait on busy_timeout). Asked the lead
-    to retry that PRAGMA in core; until then the file exists in WAL mode before the replicas race."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(data_dir / "platform.sqlite")) as conn:
-        conn.execute("PRAGMA journal_mode = WAL")
 
 
 async def test_jwt_key_path_from_the_environment(
