@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 import uvicorn
 
 from edge.app import create_app
 from services.core.config import load_settings
 from services.core.jsonlog import setup_logging
 
+_TOKEN_PARAM = re.compile(r"(?<=[?&]token=)[^&\s\"]+")
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs every accepted WebSocket with its query string, which carries the JWT (?token=...)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.args and isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN_PARAM.sub("***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
 
 def main() -> None:
     settings = load_settings("edge")
     setup_logging("edge", settings.log_dir)
+    logging.getLogger("uvicorn.error").addFilter(RedactTokens())
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.clients import Backends, JwksSource, make_verifier
 from edge.errors import error_response, request_id_of
@@ -65,11 +66,36 @@ def create_app(
     settings = settings or load_settings("edge")
     route_specs, socket_specs = build_specs(services if services is not None else contract_services())
     backends = backends or Backends(settings.addresses)
+    _check_addresses(backends, [*route_specs, *socket_specs])
     jwks = JwksSource(backends) if verifier is None else None
     verifier = verifier or make_verifier(settings, jwks)
     ctx = EdgeContext(backends, verifier, jwks)
     checker = HealthChecker(backends, health_backends or configured_backends(), settings.simulation_mode)
+    app = _fastapi(backends)
+    document = build_openapi(route_specs, socket_specs, VERSION)
+    app.openapi = lambda: document  # type: ignore[method-assign]
+    fixed = [
+        Route("/health", HealthEndpoint(checker), methods=["GET"]),
+        Route("/metrics", MetricsEndpoint(), methods=["GET"]),
+    ]
+    table = RouteTable([*fixed, *rpc_routes(route_specs, ctx)])
+    app.router.routes[:0] = [table, *websocket_routes(socket_specs, ctx)]  # before FastAPI's /docs routes
+    _add_middleware(
+        app, settings, verifier, limiter or make_limiter(settings), audit or AuditLog(settings.audit_path)
+    )
+    app.state.edge = ctx
+    app.state.health = checker
+    return app
 
+
+def _check_addresses(backends: Backends, specs: list[Any]) -> None:
+    """Every contract served must have a backend address: fail at start-up, not on the first request."""
+    missing = sorted({spec.service for spec in specs} - set(backends.addresses))
+    if missing:
+        raise ValueError(f"no backend address for {', '.join(missing)} (set LAUNCHPAD_<NAME>_ADDR)")
+
+
+def _fastapi(backends: Backends) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
@@ -85,23 +111,8 @@ def create_app(
         # the edge exports Prometheus metrics instead (GET /metrics).
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
-    document = build_openapi(route_specs, socket_specs, VERSION)
-    app.openapi = lambda: document  # type: ignore[method-assign]
-    table = RouteTable(
-        [
-            Route("/health", HealthEndpoint(checker), methods=["GET"]),
-            Route("/metrics", MetricsEndpoint(), methods=["GET"]),
-            *rpc_routes(route_specs, ctx),
-        ]
-    )
-    app.router.routes[:0] = [table, *websocket_routes(socket_specs, ctx)]  # before FastAPI's /docs routes
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
-    _add_middleware(
-        app, settings, verifier, limiter or make_limiter(settings), audit or AuditLog(settings.audit_path)
-    )
-    app.state.edge = ctx
-    app.state.health = checker
     return app
 
 
@@ -120,7 +131,7 @@ def _add_middleware(
     app.add_middleware(ContentTypeMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
-        CORSMiddleware,
+        BrowserCors,
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
         allow_headers=_CORS_HEADERS,
@@ -129,6 +140,24 @@ def _add_middleware(
     )
     app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
+
+
+class BrowserCors:
+    """Starlette's CORSMiddleware for requests that carry an Origin header (browsers); others skip it.
+
+    CORS only concerns browsers, and they always send Origin on cross-origin requests; for the rest the
+    middleware would only add `Vary: Origin` to responses that carry no caching headers anyway.
+    """
+
+    def __init__(self, app: ASGIApp, **options: Any) -> None:
+        self.app = app
+        self.cors = CORSMiddleware(app, **options)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and any(key == b"origin" for key, _ in scope["headers"]):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -285,9 +285,13 @@ def encoder(desc: Descriptor) -> Encoder:
         return found
     # A placeholder that resolves later breaks recursion through self-referencing message types.
     _encoders[desc.full_name] = lambda m: _encoders[desc.full_name](m)
-    compiled = _wkt_encoder(desc)
-    if compiled is None:
-        compiled = _compile_unwrap(desc) if is_json_unwrap(desc) else _compile_message(desc)
+    try:
+        compiled = _wkt_encoder(desc)
+        if compiled is None:
+            compiled = _compile_unwrap(desc) if is_json_unwrap(desc) else _compile_message(desc)
+    except BaseException:
+        del _encoders[desc.full_name]
+        raise
     _encoders[desc.full_name] = compiled
     return compiled
 
@@ -597,39 +601,42 @@ def _compile_object_decoder(desc: Descriptor) -> Decoder:
     return decode
 
 
-def _member_for(desc: Descriptor, value: Any) -> FieldDescriptor | None:
-    """The oneof member of a json_unwrap message that holds this JSON value, chosen by its JSON type."""
-    kind = type(value)
+def _member_chooser(desc: Descriptor) -> Callable[[Any], FieldDescriptor | None]:
+    """For a json_unwrap message: JSON value -> the oneof member that holds it, chosen by its JSON type
+    (null, bool, int, float, str; objects and arrays go to a google.protobuf.Value member)."""
+    by_type: dict[type, FieldDescriptor] = {}
+    integers: list[tuple[int, int, FieldDescriptor]] = []
     for field in desc.fields:
-        t = field.type
-        if value is None and _accepts_null(field) and t == F.TYPE_ENUM:
-            return field
-        if kind is bool and t == F.TYPE_BOOL:
-            return field
-        if kind is int and t in _INTEGERS:
-            low, high = _INT_RANGES[t]
-            if low <= value <= high:
-                return field
-        if kind is float and t in _FLOATS:
-            return field
-        if kind is str and t == F.TYPE_STRING:
-            return field
-    if kind is not dict and kind is not list:
-        return None  # e.g. an integer beyond every integer member: refuse rather than round it
-    for field in desc.fields:  # objects and arrays go to a google.protobuf.Value member
-        if field.type == F.TYPE_MESSAGE and field.message_type.full_name == "google.protobuf.Value":
-            return field
-    return None
+        if field.type == F.TYPE_ENUM and _accepts_null(field):
+            by_type.setdefault(type(None), field)
+        elif field.type == F.TYPE_BOOL:
+            by_type.setdefault(bool, field)
+        elif field.type in _FLOATS:
+            by_type.setdefault(float, field)
+        elif field.type == F.TYPE_STRING:
+            by_type.setdefault(str, field)
+        elif field.type in _INTEGERS:
+            integers.append((*_INT_RANGES[field.type], field))
+        elif field.message_type is not None and field.message_type.full_name == "google.protobuf.Value":
+            by_type.setdefault(dict, field)
+            by_type.setdefault(list, field)
+
+    def choose(value: Any) -> FieldDescriptor | None:
+        if type(value) is int:  # the first integer member it fits; never rounded into a double
+            return next((field for low, high, field in integers if low <= value <= high), None)
+        return by_type.get(type(value))
+
+    return choose
 
 
 def _compile_unwrap_decoder(desc: Descriptor) -> Decoder:
     if len(desc.fields) == 1 and desc.fields[0].containing_oneof is None:
-        only = _field_setter(desc.fields[0])
-        return only
+        return _field_setter(desc.fields[0])
     setters = {field.name: _field_setter(field) for field in desc.fields}
+    choose = _member_chooser(desc)
 
     def decode(m: Any, value: Any, path: str) -> None:
-        field = _member_for(desc, value)
+        field = choose(value)
         if field is None:
             raise CodecError(path, f"cannot hold {_json_type(value)} {value!r}"[:200])
         setters[field.name](m, value, path)
@@ -646,9 +653,15 @@ def decoder(desc: Descriptor) -> Decoder:
     if found is not None:
         return found
     _decoders[desc.full_name] = lambda m, v, p: _decoders[desc.full_name](m, v, p)
-    compiled = _wkt_decoder(desc)
-    if compiled is None:
-        compiled = _compile_unwrap_decoder(desc) if is_json_unwrap(desc) else _compile_object_decoder(desc)
+    try:
+        compiled = _wkt_decoder(desc)
+        if compiled is None:
+            compiled = (
+                _compile_unwrap_decoder(desc) if is_json_unwrap(desc) else _compile_object_decoder(desc)
+            )
+    except BaseException:
+        del _decoders[desc.full_name]
+        raise
     _decoders[desc.full_name] = compiled
     return compiled
 

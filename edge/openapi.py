@@ -46,7 +46,10 @@ ERROR_SCHEMA = {
     "type": "object",
     "required": ["code", "message", "details", "request_id"],
     "properties": {
-        "code": {"type": "integer", "description": "gRPC status code (3 INVALID_ARGUMENT, 16 UNAUTHENTICATED, ...)"},
+        "code": {
+            "type": "integer",
+            "description": "gRPC status code (3 INVALID_ARGUMENT, 16 UNAUTHENTICATED, ...)",
+        },
         "message": {"type": "string"},
         "details": {"type": "array", "items": {"type": "object"}},
         "request_id": {"type": "string", "description": "echoed in the x-request-id response header"},
@@ -152,7 +155,10 @@ def _operation(spec: RouteSpec, schemas: _Schemas) -> dict[str, Any]:
         "description": f"gRPC `{service.full_name}/{spec.method.name}`; default deadline {spec.timeout_s:g} s.",
         "parameters": _parameters(spec, schemas),
         "responses": {
-            "200": {"description": "OK", "content": {"application/json": {"schema": _response_schema(spec, schemas)}}},
+            "200": {
+                "description": "OK",
+                "content": {"application/json": {"schema": _response_schema(spec, schemas)}},
+            },
             "default": {"$ref": "#/components/responses/Error"},
         },
     }

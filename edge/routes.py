@@ -123,7 +123,9 @@ def field_path(desc: Descriptor, dotted: str) -> tuple[FieldDescriptor, ...]:
         fields.append(found)
         current = found.message_type
     leaf = fields[-1]
-    if leaf.is_repeated or (leaf.message_type is not None and leaf.message_type.full_name not in codec.WRAPPERS):
+    if leaf.is_repeated or (
+        leaf.message_type is not None and leaf.message_type.full_name not in codec.WRAPPERS
+    ):
         raise ValueError(f"{desc.full_name}.{dotted} cannot be a path variable: it must be a singular scalar")
     return tuple(fields)
 

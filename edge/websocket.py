@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import orjson
 from prometheus_client import Gauge
+from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -150,10 +151,13 @@ class WebSocketBridge:
         try:
             metadata = await self._metadata(ws, request_id)
             first = None if self.bidi else self._query_request(ws)
-        except (ServiceError, codec.CodecError) as exc:
+        except ServiceError as exc:  # 401-like: refused before any frame is read (close 1008)
             await ws.accept()
-            code = exc.code if isinstance(exc, ServiceError) else Code.INVALID_ARGUMENT
-            await session.fail(code, exc.message if isinstance(exc, ServiceError) else str(exc))
+            await session.fail(exc.code, exc.message)
+            return
+        except codec.CodecError as exc:
+            await ws.accept()
+            await session.fail(Code.INVALID_ARGUMENT, str(exc), [{"field": exc.field}])
             return
         await ws.accept()
         gauge = OPEN_SOCKETS.labels(self.spec.path)
@@ -206,10 +210,7 @@ class WebSocketBridge:
                 raise upstream.exception()  # the client left: the finally cancels the call
             await downstream  # the call ended (or refused a write): its status decides the close
         finally:
-            call.cancel()
-            for task in (downstream, upstream):
-                task.cancel()
-            await asyncio.gather(downstream, upstream, return_exceptions=True)
+            await _stop(call, downstream, upstream)
 
     async def _feed(self, session: _Session, call: Any) -> None:
         while True:
@@ -236,13 +237,16 @@ class WebSocketBridge:
                     return
                 request = upstream.result()  # a new request (raises _Disconnected when the client left)
             finally:
-                call.cancel()
-                for task in (downstream, upstream):
-                    task.cancel()
-                await asyncio.gather(downstream, upstream, return_exceptions=True)
+                await _stop(call, downstream, upstream)
 
 
-def websocket_routes(specs: list[WebSocketSpec], ctx: EdgeContext) -> list[Any]:
-    from starlette.routing import WebSocketRoute
+async def _stop(call: Any, *tasks: asyncio.Future[Any]) -> None:
+    """Cancels the RPC and both pumps, and waits until they are gone."""
+    call.cancel()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
+
+def websocket_routes(specs: list[WebSocketSpec], ctx: EdgeContext) -> list[WebSocketRoute]:
     return [WebSocketRoute(spec.path, WebSocketBridge(spec, ctx)) for spec in specs]

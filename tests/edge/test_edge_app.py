@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
 
-from edge import codec
+from edge import clients, codec
 from edge.app import create_app
 from edge.ratelimit import MemoryRateLimiter
 from edge.routes import RouteTable, RpcEndpoint
@@ -567,6 +567,22 @@ async def test_middleware_is_wired_in(stack: Stack) -> None:
     assert stack.data.seen == []
 
 
+async def test_cors_headers_on_browser_requests_including_errors(stack: Stack) -> None:
+    origin = {"origin": "http://localhost:3000"}
+    ok = await stack.client.post("/api/data/query", json={"sql": "SELECT 1"}, headers={**bearer(), **origin})
+    assert ok.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert "x-request-id" in ok.headers["access-control-expose-headers"]
+    refused = await stack.client.post("/api/data/query", json={"sql": "SELECT 1"}, headers=origin)
+    assert refused.status_code == 401
+    assert refused.headers["access-control-allow-origin"] == "http://localhost:3000"  # readable by the UI
+    stranger = await stack.client.get(
+        "/api/data/tables", headers={**bearer(), "origin": "https://evil.example"}
+    )
+    assert "access-control-allow-origin" not in stranger.headers
+    plain = await stack.client.get("/api/data/tables", headers=bearer())
+    assert "access-control-allow-origin" not in plain.headers
+
+
 async def test_rate_limit_answers_429_with_retry_after(
     settings_env: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -592,3 +608,17 @@ async def test_metrics_count_requests_by_route_template(stack: Stack) -> None:
     assert 'route="/api/auth/users/erin"' not in text
     assert 'launchpad_edge_backend_errors_total{code="NOT_FOUND",service="data"}' in text
     assert "launchpad_edge_http_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("1H", 3600.0), ("2M", 120.0), ("3S", 3.0), ("500m", 0.5), ("250u", 0.00025)]
+)
+def test_grpc_timeout_units(header: str, seconds: float) -> None:
+    assert clients.parse_grpc_timeout(header) == pytest.approx(seconds)
+    assert clients.deadline(10.0, header) == pytest.approx(min(10.0, seconds))
+
+
+@pytest.mark.parametrize("header", ["", "1.5S", "5s", "123456789S", "S", "-1S"])
+def test_grpc_timeout_rejects_what_the_spec_does_not_allow(header: str) -> None:
+    with pytest.raises(ServiceError):
+        clients.parse_grpc_timeout(header)

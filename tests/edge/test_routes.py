@@ -347,3 +347,10 @@ async def test_metadata_carries_the_verified_tenant_only(echo: Echo) -> None:
     assert metadata["x-tenant-id"] == "initech"
     assert metadata["authorization"] == f"Bearer {token}"
     assert "x-custom" not in metadata
+
+
+def test_a_contract_without_a_backend_address_fails_at_start_up(settings_env: Any) -> None:
+    with pytest.raises(ValueError, match="no backend address for echotest"):
+        create_app(
+            load_settings("edge"), services=[ECHO], verifier=TokenVerifier(TEST_KEYS, ISSUER, AUDIENCE)
+        )

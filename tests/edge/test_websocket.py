@@ -383,3 +383,21 @@ async def test_a_slow_client_holds_the_backend_back(bridge: Bridge) -> None:
         for _ in range(50):
             await frame(ws)  # reading again lets it continue
     await eventually(lambda: bridge.logs.ended == 1)
+
+
+def test_tokens_in_websocket_urls_are_redacted_from_server_logs() -> None:
+    import logging
+
+    from edge.__main__ import RedactTokens
+
+    record = logging.LogRecord(
+        "uvicorn.error",
+        logging.INFO,
+        "",
+        0,
+        '%s - "WebSocket %s" [accepted]',
+        ("1.2.3.4:5", "/ws/logs?token=eyJ.a.b&query=x"),
+        None,
+    )
+    assert RedactTokens().filter(record)
+    assert record.getMessage() == '1.2.3.4:5 - "WebSocket /ws/logs?token=***&query=x" [accepted]'
