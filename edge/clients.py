@@ -17,6 +17,7 @@ import grpc
 import orjson
 from google.protobuf.descriptor import ServiceDescriptor
 from prometheus_client import Counter
+from starlette.types import Scope
 
 from edge import codec
 from launchpad.auth.v1 import auth_pb2
@@ -92,16 +93,23 @@ def deadline(default_s: float | None, header: str | None) -> float | None:
 
 
 def call_metadata(
-    request_id: str, principal: Principal | None, token: str | None
+    request_id: str, principal: Principal | None, token: str | None, client_ip: str = ""
 ) -> tuple[tuple[str, str], ...]:
-    """What the backend sees: request id always; token and tenant only when verified by the edge."""
-    if principal is None or token is None:
-        return (("x-request-id", request_id),)
-    return (
-        ("x-request-id", request_id),
-        ("authorization", f"Bearer {token}"),
-        ("x-tenant-id", principal.tenant),
+    """What the backend sees: request id and the client's address (the edge's own view, replacing any
+    client-sent x-forwarded-for: auth limits failed logins per client); token and tenant only when verified."""
+    base = (
+        (("x-request-id", request_id), ("x-forwarded-for", client_ip))
+        if client_ip
+        else (("x-request-id", request_id),)
     )
+    if principal is None or token is None:
+        return base
+    return (*base, ("authorization", f"Bearer {token}"), ("x-tenant-id", principal.tenant))
+
+
+def client_ip(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else ""
 
 
 class JwksSource:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import math
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from edge.clients import (
     JwksSource,
     authenticate,
     call_metadata,
+    client_ip,
     deadline,
     service_name,
 )
@@ -439,7 +441,8 @@ class RpcEndpoint:
         timeout = deadline(self.timeout_s, timeout_header)
         request = await self._request(scope, receive)
         call = self.call or self._make_call()
-        response = await call(request, metadata=call_metadata(request_id, principal, token), timeout=timeout)
+        metadata = call_metadata(request_id, principal, token, client_ip(scope))
+        response = await call(request, metadata=metadata, timeout=timeout)
         return orjson.dumps(self.encode(response))
 
     def _make_call(self) -> Callable[..., Any]:
@@ -465,7 +468,18 @@ class RpcEndpoint:
 
 def _error(code: Code, message: str, request_id: str, details: list[Any]) -> tuple[bytes, int, list]:
     headers = _UNAUTHENTICATED_HEADERS if code == Code.UNAUTHENTICATED else _JSON_HEADERS
+    if code == Code.RESOURCE_EXHAUSTED:
+        headers = [*headers, *_retry_after(details)]
     return error_body(code, message, request_id, details), status_for(code), headers
+
+
+def _retry_after(details: list[Any]) -> list[tuple[bytes, bytes]]:
+    """A backend's `retry_after_s` detail (e.g. failed-login limits) as the HTTP Retry-After header."""
+    for detail in details:
+        wait = detail.get("retry_after_s") if isinstance(detail, dict) else None
+        if isinstance(wait, int | float):
+            return [(b"retry-after", str(max(1, math.ceil(wait))).encode())]
+    return []
 
 
 def rpc_routes(specs: list[RouteSpec], ctx: EdgeContext) -> list[Route]:

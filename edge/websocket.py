@@ -32,7 +32,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from edge import codec
-from edge.clients import BackendCallFailed, call_metadata
+from edge.clients import BackendCallFailed, call_metadata, client_ip
 from edge.errors import request_id_of
 from edge.routes import EdgeContext, WebSocketSpec
 from services.core.errors import Code, ServiceError
@@ -169,11 +169,11 @@ class WebSocketBridge:
 
     async def _metadata(self, ws: WebSocket, request_id: str) -> tuple[tuple[str, str], ...]:
         if self.spec.policy.public:
-            return call_metadata(request_id, None, None)
+            return call_metadata(request_id, None, None, client_ip(ws.scope))
         token = ws.query_params.get("token")
         authorization = f"Bearer {token}" if token else ws.headers.get("authorization")
         principal, verified = await self.ctx.authenticate(authorization)
-        return call_metadata(request_id, principal, verified)
+        return call_metadata(request_id, principal, verified, client_ip(ws.scope))
 
     def _query_request(self, ws: WebSocket) -> Any:
         request = self.request_cls()

@@ -15,7 +15,7 @@ import jwt
 from jwt.algorithms import ECAlgorithm
 
 from services.core.context import Principal
-from services.core.errors import Unauthenticated
+from services.core.errors import Unauthenticated, Unavailable
 
 ALGORITHM = "ES256"
 _CACHE_SIZE = 4096
@@ -66,8 +66,11 @@ class RefreshingKeys:
     async def _refresh(self) -> None:
         try:
             self._keys = keys_from_jwks(await self._fetch())
-        finally:
-            self._fetched_at = time.monotonic()
+        except Exception as exc:
+            # "cannot fetch keys" is not "forged token": 503, retried after about a second.
+            self._fetched_at = time.monotonic() - self._min_refresh_s + 1.0
+            raise Unavailable(f"cannot fetch signing keys: {exc}") from None
+        self._fetched_at = time.monotonic()
 
 
 class TokenVerifier:

@@ -120,3 +120,15 @@ def test_unknown_token_and_no_token_are_401(client: httpx.Client) -> None:
     response = client.post("/api/data/query", json={"sql": "SELECT 1"}, headers=bad)
     assert response.status_code == 401
     assert response.json()["code"] == 16
+
+
+def test_failed_logins_are_limited_per_client_with_retry_after(client: httpx.Client) -> None:
+    """Last in this module: it spends the client's failed-login budget (the edge forwards the client IP)."""
+    statuses = []
+    for i in range(12):
+        response = client.post("/auth/login", json={"username": f"nobody{i}", "password": "wrong-password"})
+        statuses.append(response.status_code)
+    assert statuses[0] == 401
+    assert statuses[-1] == 429
+    assert int(response.headers["retry-after"]) >= 1
+    assert response.json()["code"] == 8
