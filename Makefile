@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY_SYS ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-export PYTHONPATH := generated:.
+export PYTHONPATH := $(CURDIR)/generated:$(CURDIR)
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(sort $(shell find protos -name "*.proto"))
 

@@ -63,12 +63,12 @@ def contract_modules() -> list[ModuleType]:
     """Imports every generated launchpad/<svc>/v1/*_pb2 module (registering its descriptors)."""
     import launchpad
 
-    modules = []
-    for root in launchpad.__path__:
-        for path in sorted(Path(root).glob("*/v1/*_pb2.py")):
-            package = ".".join(("launchpad", path.parent.parent.name, "v1", path.stem))
-            modules.append(importlib.import_module(package))
-    return modules
+    names = {  # a set: the same folder may be on sys.path twice (relative and absolute)
+        ".".join(("launchpad", path.parent.parent.name, "v1", path.stem))
+        for root in launchpad.__path__
+        for path in Path(root).glob("*/v1/*_pb2.py")
+    }
+    return [importlib.import_module(name) for name in sorted(names)]
 
 
 def contract_services() -> list[ServiceDescriptor]:
