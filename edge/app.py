@@ -1,8 +1,9 @@
 """The edge's app factory: routes from the contracts, middleware, health, metrics and docs.
 
-Middleware, outermost first: request id (every answer carries one), HTTP metrics, CORS (so browsers can read
-error answers too), body limit, content type, rate limit, WAF, then FastAPI's own exception layer and the
-router. All of it is plain ASGI -- no BaseHTTPMiddleware, no pydantic models on the request path.
+Middleware, outermost first: a last-resort error guard, request id (every answer carries one), HTTP metrics,
+CORS (so browsers can read error answers too), body limit, content type, rate limit, WAF; then contract
+routes go straight to their endpoints, and everything else (docs, OpenAPI, 404/405) through FastAPI's own
+stack. All of it is plain ASGI -- no BaseHTTPMiddleware, no pydantic models on the request path.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.clients import Backends, JwksSource, make_verifier
@@ -80,6 +81,7 @@ def create_app(
     ]
     table = RouteTable([*fixed, *rpc_routes(route_specs, ctx)])
     app.router.routes[:0] = [table, *websocket_routes(socket_specs, ctx)]  # before FastAPI's /docs routes
+    app.edge_table = table
     _add_middleware(
         app, settings, verifier, limiter or make_limiter(settings), audit or AuditLog(settings.audit_path)
     )
@@ -95,13 +97,79 @@ def _check_addresses(backends: Backends, specs: list[Any]) -> None:
         raise ValueError(f"no backend address for {', '.join(missing)} (set LAUNCHPAD_<NAME>_ADDR)")
 
 
-def _fastapi(backends: Backends) -> FastAPI:
+class EdgeApp(FastAPI):
+    """FastAPI with the edge's middleware outermost and contract routes short-circuited.
+
+    FastAPI's own stack (error, telemetry and exception layers, router, APIRouter, route) cost about as much
+    per request as the whole translation; the contract endpoints map every error themselves, so they are
+    called directly and FastAPI serves the rest (docs, OpenAPI, unknown paths).
+    """
+
+    edge_table: RouteTable | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        inner: ASGIApp = super().build_middleware_stack()
+        app: ASGIApp = DirectRoutes(inner, self.edge_table) if self.edge_table else inner
+        for cls, kwargs in self.__dict__.get("_edge_middleware", []):  # first added is innermost
+            app = cls(app, **kwargs)
+        return ErrorGuard(app)
+
+    def add_edge_middleware(self, cls: Any, **kwargs: Any) -> None:
+        self.__dict__.setdefault("_edge_middleware", []).append((cls, kwargs))
+
+
+class DirectRoutes:
+    """Contract routes (and /health, /metrics) straight to their endpoint; the rest to FastAPI."""
+
+    def __init__(self, app: ASGIApp, table: RouteTable) -> None:
+        self.app, self.table = app, table
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            match, child = self.table.matches(scope)
+            if match is Match.FULL:
+                scope.update(child)
+                await child["endpoint"](scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class ErrorGuard:
+    """Last resort: an exception no layer mapped becomes a JSON 500 with the request id, never a trace."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            request_id = request_id_of(scope)
+            log.error("edge: unhandled error", exc_info=exc, extra={"request_id": request_id})
+            if not started:
+                response = error_response(
+                    Code.INTERNAL, f"internal error (request id {request_id})", request_id
+                )
+                await response(scope, receive, send)
+
+
+def _fastapi(backends: Backends) -> EdgeApp:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await backends.close()
 
-    app = FastAPI(
+    app = EdgeApp(
         title="Launchpad API",
         version=VERSION,
         docs_url="/docs",
@@ -117,20 +185,21 @@ def _fastapi(backends: Backends) -> FastAPI:
 
 
 def _add_middleware(
-    app: FastAPI, settings: Settings, verifier: TokenVerifier, limiter: Any, audit: Any
+    app: EdgeApp, settings: Settings, verifier: TokenVerifier, limiter: Any, audit: Any
 ) -> None:
-    # add_middleware wraps: the last one added is the outermost.
-    app.add_middleware(WafMiddleware, audit=audit, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(
+    # Like add_middleware, the last one added is the outermost; EdgeApp puts them outside FastAPI's stack.
+    add = app.add_edge_middleware
+    add(WafMiddleware, audit=audit, max_body_bytes=settings.max_body_bytes)
+    add(
         RateLimitMiddleware,
         limiter=limiter,
         verifier=verifier,
         per_principal=settings.rate_limit_per_minute,
         per_ip=settings.rate_limit_ip_per_minute,
     )
-    app.add_middleware(ContentTypeMiddleware)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(
+    add(ContentTypeMiddleware)
+    add(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    add(
         BrowserCors,
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
@@ -138,8 +207,8 @@ def _add_middleware(
         expose_headers=["x-request-id", "retry-after"],
         max_age=600,
     )
-    app.add_middleware(HttpMetricsMiddleware)
-    app.add_middleware(RequestIdMiddleware)
+    add(HttpMetricsMiddleware)
+    add(RequestIdMiddleware)
 
 
 class BrowserCors:
