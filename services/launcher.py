@@ -53,18 +53,18 @@ class Stack:
         deadline = time.monotonic() + timeout_s
         pending = set(self.services)
         while pending:
-            self._check_alive()
+            self.check_alive()
             pending = {name for name in pending if not _grpc_serving(self.address(name))}
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not SERVING after {timeout_s:.0f}s: {', '.join(sorted(pending))}")
             time.sleep(0.2)
         while not _http_ok(f"{self.edge_url}/health"):
-            self._check_alive()
+            self.check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"edge not healthy after {timeout_s:.0f}s")
             time.sleep(0.2)
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         for name, proc in self.procs.items():
             if proc.poll() is not None:
                 raise RuntimeError(f"{name} exited with code {proc.returncode} (see reports/logs/{name}.log)")
@@ -130,21 +130,19 @@ def main() -> int:
         nonlocal stopping
         stopping = True
 
+    # Both explicitly: a shell that starts us in the background makes us inherit SIGINT as ignored.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         stack.start()
     except (TimeoutError, RuntimeError) as exc:
         print(f"launchpad: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
     _print_ready(stack)
     try:
         while not stopping:
-            stack._check_alive()
+            stack.check_alive()
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     except RuntimeError as exc:
         print(f"launchpad: {exc}", file=sys.stderr)
     finally:
