@@ -51,17 +51,16 @@ class Authenticator:
         """A token for username, or Unauthenticated; ResourceExhausted once the failures pile up."""
         if not username or len(username) > MAX_USERNAME or not password:
             raise Unauthenticated(BAD_CREDENTIALS)
-        limit_keys = (f"user:{username}", f"client:{client}")
-        stamp = self._limiter.reserve(limit_keys)
+        reservation = self._limiter.reserve(username, client)
         try:
             user = await self._store.get_user(username)
             matched = await self._passwords.verify(user.password_hash if user else None, password)
         except BaseException:  # the database failed, not the caller: the attempt does not count
-            self._limiter.release(limit_keys, stamp)
+            self._limiter.release(reservation)
             raise
         if not matched or user is None:
             raise Unauthenticated(BAD_CREDENTIALS)
-        self._limiter.release(limit_keys, stamp)
+        self._limiter.release(reservation)
         if user.disabled:
             raise Unauthenticated("user is disabled")
         await self._upgrade_hash(user, password)

@@ -24,6 +24,7 @@ from google.protobuf import json_format
 
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.app import MIGRATIONS, build
+from services.auth.ratelimit import CLIENT_FACTOR, USER_FACTOR
 from services.auth.store import AuthStore
 from services.core.audit import verify_chain
 from services.core.config import ConfigError, load_settings
@@ -87,9 +88,12 @@ async def auth_env(settings_env: Path) -> Path:
 
 
 @pytest.fixture
-async def auth(auth_env: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Auth]:
+async def auth(
+    auth_env: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[Auth]:
+    """The login limit is LOGIN_LIMIT, or the test's `parametrize("auth", [limit], indirect=True)`."""
     monkeypatch.setenv("LAUNCHPAD_ADMIN_PASSWORD", ADMIN_PASSWORD)
-    monkeypatch.setenv("LAUNCHPAD_LOGIN_ATTEMPTS_PER_MINUTE", str(LOGIN_LIMIT))
+    monkeypatch.setenv("LAUNCHPAD_LOGIN_ATTEMPTS_PER_MINUTE", str(getattr(request, "param", LOGIN_LIMIT)))
     async with running_service("auth", build) as (runtime, channel):
         yield Auth(runtime, auth_pb2_grpc.AuthServiceStub(channel), auth_env, [])
 
@@ -154,35 +158,65 @@ async def test_empty_credentials_are_unauthenticated(auth: Auth) -> None:
     await fails(auth.login("admin", ""), grpc.StatusCode.UNAUTHENTICATED)
 
 
-async def test_failed_logins_are_limited_per_username(auth: Auth) -> None:
-    await auth.create(await auth.admin(), "carol", ("viewer",))
-    for i in range(LOGIN_LIMIT):
-        await fails(
-            auth.login("admin", "wrong-password", x_forwarded_for=f"10.1.0.{i}"),
-            grpc.StatusCode.UNAUTHENTICATED,
-        )
-    # Even the right password is refused now, from any client.
-    error = await fails(
-        auth.login("admin", ADMIN_PASSWORD, x_forwarded_for="10.1.1.1"), grpc.StatusCode.RESOURCE_EXHAUSTED
-    )
+def retry_after(error: grpc.aio.AioRpcError) -> int:
     assert "too many failed login attempts" in error.details()
-    details = orjson.loads(dict(error.trailing_metadata())[DETAILS_KEY])
-    assert 0 < details[0]["retry_after_s"] <= 60
-    # Other users are not locked out by it.
-    assert await auth.login("carol", "pw-carol-123", x_forwarded_for="10.1.0.1")
+    return orjson.loads(dict(error.trailing_metadata())[DETAILS_KEY])[0]["retry_after_s"]
+
+
+async def test_an_attacker_cannot_lock_a_user_out(auth: Auth) -> None:
+    """Failures count per (username, address): the attacker's address is refused, the user elsewhere is not."""
+    await auth.create(await auth.admin(), "carol", ("viewer",))
+    attacker = "203.0.113.7"
+    for _ in range(LOGIN_LIMIT):
+        await fails(
+            auth.login("admin", "wrong-password", x_forwarded_for=attacker), grpc.StatusCode.UNAUTHENTICATED
+        )
+    for password in ["wrong-password"] * LOGIN_LIMIT + [ADMIN_PASSWORD]:  # 11 attempts and more
+        error = await fails(
+            auth.login("admin", password, x_forwarded_for=attacker), grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+        assert 0 < retry_after(error) <= 60
+    assert await auth.login("admin", ADMIN_PASSWORD, x_forwarded_for="198.51.100.2")
+    assert await auth.login("admin", ADMIN_PASSWORD)  # the gRPC peer's address, without the edge
+    # The pair limit is not the whole address's: another user behind it still logs in.
+    assert await auth.login("carol", "pw-carol-123", x_forwarded_for=attacker)
 
 
 async def test_failed_logins_are_limited_per_client(auth: Auth) -> None:
-    for i in range(LOGIN_LIMIT):
+    spraying = "203.0.113.9"
+    for i in range(CLIENT_FACTOR * LOGIN_LIMIT):
         await fails(
-            auth.login(f"guess{i}", "wrong-password", x_forwarded_for="203.0.113.9"),
+            auth.login(f"guess{i}", "wrong-password", x_forwarded_for=spraying),
             grpc.StatusCode.UNAUTHENTICATED,
         )
-    await fails(
-        auth.login("guess-next", "wrong-password", x_forwarded_for="203.0.113.9"),
+    error = await fails(
+        auth.login("guess-next", "wrong-password", x_forwarded_for=spraying),
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     )
+    assert 0 < retry_after(error) <= 60
     assert await auth.login("admin", ADMIN_PASSWORD, x_forwarded_for="198.51.100.1")
+
+
+@pytest.mark.parametrize("auth", [2], indirect=True)  # a ceiling of 20, so that few argon2 checks reach it
+async def test_distributed_guessing_is_slowed_by_the_username_ceiling(auth: Auth) -> None:
+    """Past USER_FACTOR x the limit of failures for one user, an address that failed for it gets no further
+    try that minute (instead of the limit's 2); an address that has not failed is still checked."""
+    ceiling = USER_FACTOR * 2
+    bots = [f"10.9.0.{i}" for i in range(ceiling)]
+    attempts = [auth.login("admin", "wrong-password", x_forwarded_for=bot) for bot in bots]
+    errors = await asyncio.gather(*attempts, return_exceptions=True)
+    assert {error.code() for error in errors} == {grpc.StatusCode.UNAUTHENTICATED}
+    error = await fails(
+        auth.login("admin", ADMIN_PASSWORD, x_forwarded_for=bots[0]), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
+    assert 0 < retry_after(error) <= 60
+    assert await auth.login("admin", ADMIN_PASSWORD, x_forwarded_for="198.51.100.3")  # has not failed
+    await fails(
+        auth.login("admin", "wrong-password", x_forwarded_for="10.9.1.1"), grpc.StatusCode.UNAUTHENTICATED
+    )
+    await fails(
+        auth.login("admin", "wrong-password", x_forwarded_for="10.9.1.1"), grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
 
 
 async def test_successful_logins_do_not_count_as_failures(auth: Auth) -> None:
