@@ -331,3 +331,12 @@ async def test_deeply_nested_json_is_walked_without_recursion(waf: httpx.AsyncCl
     response = await waf.post("/api/x", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 403
     assert response.json()["details"][0] == {"rule": "ssti", "where": "body:a"}
+
+
+async def test_large_bodies_are_scanned_off_the_loop_and_still_blocked(waf: httpx.AsyncClient) -> None:
+    padding = "lorem ipsum " * 20_000  # ~240 KB: above the off-loop threshold
+    hostile = await waf.post("/api/storage/buckets", json={"name": padding + "<script>alert(1)</script>"})
+    assert hostile.status_code == 403
+    clean = await waf.post("/api/storage/buckets", json={"name": padding})
+    assert clean.status_code == 200
+    assert clean.json()["size"] > 64 * 1024
