@@ -78,6 +78,7 @@ class Settings:
     login_attempts_per_minute: int
     query_timeout_ms: int
     query_max_rows: int
+    query_max_bytes: int
     addresses: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -137,5 +138,6 @@ def load_settings(service: str) -> Settings:
         login_attempts_per_minute=_int("LAUNCHPAD_LOGIN_ATTEMPTS_PER_MINUTE", 10),
         query_timeout_ms=_int("LAUNCHPAD_QUERY_TIMEOUT_MS", 30000),
         query_max_rows=_int("LAUNCHPAD_QUERY_MAX_ROWS", 10000),
+        query_max_bytes=_int("LAUNCHPAD_QUERY_MAX_BYTES", 4 * 1024 * 1024),
         addresses=addresses,
     )

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -36,10 +38,11 @@ class Caller:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Statement timeout and row cap of one call, never above the server's maximums."""
+    """Statement timeout, row cap and byte budget of one call, never above the server's maximums."""
 
     timeout_ms: int
     max_rows: int
+    max_bytes: int
 
     @classmethod
     def of(
@@ -48,7 +51,8 @@ class Limits:
         timeout = min(timeout_ms or settings.query_timeout_ms, settings.query_timeout_ms)
         if remaining_s is not None:  # the caller's own deadline is a limit too
             timeout = min(timeout, max(1, int(remaining_s * 1000)))
-        return cls(max(1, timeout), max(1, min(max_rows or settings.query_max_rows, settings.query_max_rows)))
+        rows = max(1, min(max_rows or settings.query_max_rows, settings.query_max_rows))
+        return cls(max(1, timeout), rows, max(1, settings.query_max_bytes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,74 @@ class Json:
     """A json/jsonb value (any JSON type), so a JSON string is not mistaken for text."""
 
     value: Any
+
+
+CELL_OVERHEAD = 8  # framing of one cell in the response, and the size of a number
+FIRST_BATCH = 16  # rows read before their size is known
+MAX_BATCH = 1000
+
+
+def value_size(value: Any) -> int:
+    """About how many bytes a value takes in a response (numbers and NULL: the overhead alone)."""
+    if isinstance(value, str):
+        return CELL_OVERHEAD + len(value.encode())
+    if isinstance(value, bytes | memoryview):
+        return CELL_OVERHEAD + len(value)
+    if isinstance(value, Json):
+        return value_size(value.value)
+    if isinstance(value, list | tuple):
+        return CELL_OVERHEAD + sum(value_size(item) for item in value)
+    if isinstance(value, dict):
+        return CELL_OVERHEAD + sum(value_size(k) + value_size(v) for k, v in value.items())
+    if isinstance(value, Decimal):
+        return CELL_OVERHEAD + len(str(value))
+    return CELL_OVERHEAD
+
+
+class Rows:
+    """The rows of a result kept within the row cap and the byte budget (the gRPC message limit is 8 MB)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.rows: list[tuple[Any, ...]] = []
+        self.size = 0
+        self.truncated = False
+
+    def add(self, batch: list[tuple[Any, ...]]) -> bool:
+        """Keeps rows of `batch` until a limit is reached; True while more rows are wanted."""
+        for row in batch:
+            size = sum(value_size(value) for value in row)
+            if len(self.rows) == self.limits.max_rows or self.size + size > self.limits.max_bytes:
+                if not self.rows:
+                    raise InvalidArgument(
+                        f"a single row of the result takes about {size} bytes, more than the "
+                        f"{self.limits.max_bytes}-byte limit of a response: select fewer or shorter values"
+                        " (e.g. substr(...) or octet_length(...))"
+                    )
+                self.truncated = True
+                return False
+            self.rows.append(row)
+            self.size += size
+        return True
+
+    def next_batch(self) -> int:
+        """How many rows to read next: about what the budget has room for, so memory stays near it."""
+        wanted = self.limits.max_rows + 1 - len(self.rows)  # one more than the cap tells "truncated"
+        if not self.rows:
+            return min(FIRST_BATCH, wanted)
+        per_row = self.size // len(self.rows) + 1
+        room = (self.limits.max_bytes - self.size) // per_row + 1
+        return max(1, min(MAX_BATCH, wanted, room))
+
+
+def collect(fetch: Callable[[int], list[tuple[Any, ...]]], limits: Limits) -> Rows:
+    """Reads rows in batches (fetch(n) returns at most n rows) until the result ends or a limit is hit."""
+    rows = Rows(limits)
+    while True:
+        wanted = rows.next_batch()
+        batch = fetch(wanted)
+        if not rows.add(batch) or len(batch) < wanted:
+            return rows
 
 
 @dataclass(frozen=True, slots=True)

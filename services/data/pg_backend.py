@@ -1,14 +1,17 @@
 """Tenant SQL on PostgreSQL: isolation by the database's own roles and schemas, not by string checks.
 
-Each tenant gets a schema t_<tenant> and two LOGIN roles, lp_<tenant>_rw and lp_<tenant>_ro, members of no
-other role; the platform schema and other tenants' schemas grant them nothing. This service connects AS the
-tenant role (its password is an HMAC of a service secret), so SET ROLE, RESET ROLE, set_config('role', ...)
-and SET SESSION AUTHORIZATION cannot raise privileges, and superuser-only functions (pg_read_file, COPY ...
-PROGRAM, lo_import) fail with permission errors. Viewers use the read-only role, in READ ONLY transactions.
+Each tenant gets a schema t_<tenant> and two LOGIN roles, lp_<db>_<tenant>_rw and lp_<db>_<tenant>_ro
+(<db>: 6 hex digits of the database name's SHA-256, as roles are shared by every database of a server),
+members of no other role; the platform schema and other tenants' schemas grant them nothing. This service
+connects AS the tenant role (its password is an HMAC of a service secret), so SET ROLE, RESET ROLE,
+set_config('role', ...) and SET SESSION AUTHORIZATION cannot raise privileges, and superuser-only functions
+(pg_read_file, COPY ... PROGRAM, lo_import) fail with permission errors. Migration 003 takes large objects and
+advisory locks from PUBLIC. Viewers use the read-only role, in READ ONLY transactions.
 
 Every call is one transaction with SET LOCAL statement_timeout; a row-returning query is read through a
-cursor (FETCH max_rows + 1), so a huge result never reaches this process. Afterwards the session is reset
-(settings, advisory locks, temp tables, prepared statements), so one call never leaks state into the next.
+cursor in batches sized to the row cap and byte budget, so a huge result never reaches this process.
+Afterwards the session is reset (settings, advisory locks, temp tables, prepared statements), so one call never
+leaks state into the next.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,10 +51,12 @@ from services.data.model import (
     Limits,
     Plan,
     QueryResult,
+    Rows,
     Table,
     TableColumn,
     TenantSql,
     checked_tenant,
+    collect,
 )
 from services.data.sqltext import Rendered, Statement, reads_only, render, scan
 
@@ -59,7 +65,7 @@ BACKEND = "postgresql"
 PER_TENANT = 4
 WORKERS = 16
 MAX_OPEN_TENANTS = 32
-LAYOUT = 1  # bump when provisioning changes: tenants recorded with an older layout are provisioned again
+LAYOUT = 2  # bump when provisioning changes: tenants recorded with an older layout are provisioned again
 PROVISION_LOCK = 0x4C50  # first key of pg_advisory_xact_lock(int, int); the second is hashtext(tenant)
 
 _CURSOR = "lp_rows"
@@ -73,15 +79,21 @@ _AFFECTING = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
 
 @dataclass(frozen=True, slots=True)
 class TenantNames:
-    """Database names of one tenant; safe because the tenant name matched TENANT_NAME."""
+    """Database names of one tenant; safe because the tenant name matched TENANT_NAME (at most 53 chars)."""
 
     tenant: str
+    database: str  # the database the tenant's schema lives in
 
     @property
     def schema(self) -> str:
         return f"t_{self.tenant}"
 
     def role(self, writable: bool) -> str:
+        tag = hashlib.sha256(self.database.encode()).hexdigest()[:6]
+        return f"lp_{tag}_{self.tenant}_{'rw' if writable else 'ro'}"
+
+    def legacy_role(self, writable: bool) -> str:
+        """The layout 1 name, shared by every database of the server."""
         return f"lp_{self.tenant}_{'rw' if writable else 'ro'}"
 
 
@@ -107,8 +119,14 @@ def _b64(raw: bytes) -> str:
 # --- Value mapping: what psycopg2 returns for each type (registered on tenant connections only) --------
 
 
+_HOURS_OFFSET = re.compile(r"([+-]\d\d)((?: BC)?)$")
+
+
 def _timestamp(value: str | None, cur: Any) -> str | None:
-    return None if value is None else value.replace(" ", "T", 1)  # PostgreSQL's ISO style -> ISO 8601
+    """PostgreSQL's ISO style -> RFC 3339: a "T" between date and time, "+00" offsets as "+00:00"."""
+    if value is None:
+        return None
+    return _HOURS_OFFSET.sub(r"\1:00\2", value.replace(" ", "T", 1))
 
 
 def _text(value: str | None, cur: Any) -> str | None:
@@ -125,8 +143,8 @@ def _bytea(value: str | None, cur: Any) -> bytes | None:
 
 def _casters() -> list[Any]:
     scalar = [
-        ((1114, 1184), "LP_TIMESTAMP", _timestamp, (1115, 1185)),
-        ((1082, 1083, 1266, 1186), "LP_TEXT", _text, (1182, 1183, 1270, 1187)),
+        ((1114, 1184, 1266), "LP_TIMESTAMP", _timestamp, (1115, 1185, 1270)),
+        ((1082, 1083, 1186), "LP_TEXT", _text, (1182, 1183, 1187)),
         ((3904, 3906, 3908, 3910, 3912, 3926), "LP_RANGE", _text, (3905, 3907, 3909, 3911, 3913, 3927)),
         ((114, 3802), "LP_JSON", _json, (199, 3807)),
         ((17,), "LP_BYTEA", _bytea, (1001,)),
@@ -200,7 +218,13 @@ def tenant_error(exc: psycopg2.Error, limits: Limits, rendered: Rendered | None,
         return DeadlineExceeded(f"statement cancelled: it ran longer than {limits.timeout_ms} ms", **details)
     if code in ("42501", "25006"):
         return PermissionDenied(message, **details)
-    if not code or code.startswith(("08", "28", "53", "57P", "58", "40")) or code == "55P03":
+    if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) and not code:
+        return Unavailable(f"PostgreSQL connection lost: {message}")
+    if not code and "COPY" in message:  # the driver refuses COPY TO STDOUT / FROM STDIN itself
+        return InvalidArgument("COPY to or from the client is not supported; use SELECT/INSERT")
+    # Only the server or the connection failing is Unavailable; contention (40xxx deadlock or serialization,
+    # 55P03 lock not available) is too, because the whole transaction rolled back and a retry is safe.
+    if code.startswith(("08", "53", "57P", "58", "40")) or code == "55P03":
         return Unavailable(f"PostgreSQL could not run the statement: {message}", **details)
     return InvalidArgument(message, **details)
 
@@ -233,27 +257,27 @@ def _query(
     with conn.cursor() as cur:
         rendered = render(statement, [_literal(cur, p) for p in params])
         cursor = statement.keyword in _CURSORABLE
-        description, rows, truncated, affected = _run_statement(cur, rendered, cursor, writable, limits)
+        description, rows, affected = _run_statement(cur, rendered, cursor, writable, limits)
         try:
             types = _type_names(cur, [d.type_code for d in description])
         except psycopg2.Error as exc:
             raise tenant_error(exc, limits, None, 0) from exc
     columns = [Column(d.name, t) for d, t in zip(description, types, strict=True)]
-    return QueryResult(columns, rows, truncated, affected, (time.perf_counter() - started) * 1000, BACKEND)
+    return QueryResult(
+        columns, rows.rows, rows.truncated, affected, (time.perf_counter() - started) * 1000, BACKEND
+    )
 
 
 def _run_statement(
     cur: ext.cursor, rendered: Rendered, cursor: bool, writable: bool, limits: Limits
-) -> tuple[list[Any], list[tuple[Any, ...]], bool, int]:
+) -> tuple[list[Any], Rows, int]:
     """One transaction: BEGIN, timeout, the statement (through a cursor when it returns rows), COMMIT."""
     head = f"{_begin(writable, limits)}; " + (f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR " if cursor else "")
     try:
         _first(cur, head + rendered.text)
-        if cursor:
-            cur.execute(f"FETCH FORWARD {limits.max_rows + 1} FROM {_CURSOR}")
-        description = list(cur.description or ())
-        rows = cur.fetchmany(limits.max_rows + 1) if description else []
         status = (cur.statusmessage or "").split()
+        rows = _read(cur, cursor, limits)
+        description = list(cur.description or ())
         _finish(cur, ok=True)  # COMMIT can fail too (deferred constraints, serialization)
     except psycopg2.Error as exc:
         _safe_rollback(cur)
@@ -261,8 +285,23 @@ def _run_statement(
             # DECLARE refuses a data-modifying WITH; nothing ran (rolled back), so run it plainly
             return _run_statement(cur, rendered, False, writable, limits)
         raise tenant_error(exc, limits, rendered, len(head)) from exc
+    except ServiceError:  # a row beyond the byte budget: the call fails, so nothing it did may stay
+        _safe_rollback(cur)
+        raise
     affected = int(status[-1]) if status and status[0] in _AFFECTING and status[-1].isdigit() else 0
-    return description, rows[: limits.max_rows], len(rows) > limits.max_rows, affected
+    return description, rows, affected
+
+
+def _read(cur: ext.cursor, cursor: bool, limits: Limits) -> Rows:
+    """The rows within the limits, in batches; without a cursor (RETURNING) the driver holds them already."""
+    if cursor:
+        return collect(lambda size: _fetch(cur, size), limits)
+    return collect(cur.fetchmany, limits) if cur.description else Rows(limits)
+
+
+def _fetch(cur: ext.cursor, size: int) -> list[tuple[Any, ...]]:
+    cur.execute(f"FETCH FORWARD {size} FROM {_CURSOR}")
+    return cur.fetchall()
 
 
 def _safe_rollback(cur: ext.cursor) -> None:
@@ -283,11 +322,13 @@ def _explain(
         )
     with conn.cursor() as cur:
         rendered = render(statement, [_literal(cur, p) for p in params])
-        head = f"{_begin(writable, limits)}; EXPLAIN "
+        # Our own option list: a statement starting with "(ANALYZE)" or "ANALYZE" is then a syntax error,
+        # never options that would run it. It is planned only, and rolled back regardless.
+        head = f"{_begin(writable, limits)}; EXPLAIN (FORMAT TEXT) "
         try:
             _first(cur, head + rendered.text)
             lines = [row[0] for row in cur.fetchall()]
-            _finish(cur, ok=False)  # EXPLAIN without ANALYZE runs nothing; roll back regardless
+            _finish(cur, ok=False)
         except psycopg2.Error as exc:
             _safe_rollback(cur)
             raise tenant_error(exc, limits, rendered, len(head)) from exc
@@ -372,7 +413,8 @@ def _provision(cur: ext.cursor, names: TenantNames, passwords: dict[bool, str], 
     try:
         cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (PROVISION_LOCK, names.tenant))
         for writable in (True, False):
-            _provision_role(cur, names.role(writable), passwords[writable], names.schema, timeout_ms)
+            _provision_role(cur, names, writable, passwords[writable], timeout_ms)
+            _adopt_legacy(cur, names.legacy_role(writable), names.role(writable))
         _provision_schema(cur, names)
         cur.execute(_RECORD, (names.tenant, BACKEND, LAYOUT))
         conn.commit()
@@ -386,7 +428,14 @@ def _provision(cur: ext.cursor, names: TenantNames, passwords: dict[bool, str], 
 _ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
 
 
-def _provision_role(cur: ext.cursor, role: str, password: str, schema: str, timeout_ms: int) -> None:
+def _provision_role(
+    cur: ext.cursor, names: TenantNames, writable: bool, password: str, timeout_ms: int
+) -> None:
+    role, schema, database = (
+        names.role(writable),
+        pgsql.Identifier(names.schema),
+        pgsql.Identifier(names.database),
+    )
     ident = pgsql.Identifier(role)
     cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
     verb = "ALTER" if cur.fetchone() else "CREATE"
@@ -400,8 +449,25 @@ def _provision_role(cur: ext.cursor, role: str, password: str, schema: str, time
     )
     for (granted,) in cur.fetchall():
         cur.execute(pgsql.SQL("REVOKE {} FROM {} CASCADE").format(pgsql.Identifier(granted), ident))
-    cur.execute(pgsql.SQL("ALTER ROLE {} SET search_path = {}").format(ident, pgsql.Identifier(schema)))
+    # A tenant can ALTER ROLE CURRENT_USER SET ...: only our defaults survive provisioning (and every call
+    # sets its own statement_timeout with SET LOCAL, which wins over any default).
+    cur.execute(pgsql.SQL("ALTER ROLE {} RESET ALL").format(ident))
+    cur.execute(pgsql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(ident, database))
+    cur.execute(pgsql.SQL("ALTER ROLE {} SET search_path = {}").format(ident, schema))
     cur.execute(pgsql.SQL("ALTER ROLE {} SET statement_timeout = %s").format(ident), (str(timeout_ms),))
+    cur.execute(pgsql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, ident))
+
+
+def _adopt_legacy(cur: ext.cursor, legacy: str, role: str) -> None:
+    """Layout 1 roles were shared by every database: their objects here pass to the per-database role.
+
+    Only this database's objects and grants are touched; the old role itself may still serve another one.
+    """
+    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (legacy,))
+    if cur.fetchone():
+        old, new = pgsql.Identifier(legacy), pgsql.Identifier(role)
+        cur.execute(pgsql.SQL("REASSIGN OWNED BY {} TO {}").format(old, new))
+        cur.execute(pgsql.SQL("DROP OWNED BY {}").format(old))  # now only its grants in this database
 
 
 def _provision_schema(cur: ext.cursor, names: TenantNames) -> None:
@@ -485,6 +551,7 @@ class PgTenants(TenantSql):
         self._max_timeout_ms = max_timeout_ms
         self._tenants: OrderedDict[str, _Tenant] = OrderedDict()
         self._provisioned: set[str] = set()
+        self._database = ""
         self._locks: dict[str, asyncio.Lock] = {}
         self._blocking = Blocking("data-pg", WORKERS)
 
@@ -492,7 +559,7 @@ class PgTenants(TenantSql):
         return await self._run(caller, _query, scan(sql), params, caller.writable, limits)
 
     async def list_tables(self, caller: Caller, limits: Limits) -> list[Table]:
-        names = TenantNames(checked_tenant(caller.tenant))
+        names = await self._names(caller.tenant)
         return await self._run(caller, _list_tables, names.schema, caller.writable, limits)
 
     async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan:
@@ -520,9 +587,15 @@ class PgTenants(TenantSql):
         if tenant is not None and not repair:
             self._tenants.move_to_end(name)
             return tenant
-        names = TenantNames(checked_tenant(name))
+        names = await self._names(name)
         await self._provision(names, force=repair)
         return await self._open(names)
+
+    async def _names(self, tenant: str) -> TenantNames:
+        if not self._database:  # asked once: the DSN may leave the database name to libpq's defaults
+            row = await self._db.fetchone("SELECT current_database() AS name")
+            self._database = str(row["name"]) if row else ""
+        return TenantNames(checked_tenant(tenant), self._database)
 
     async def _provision(self, names: TenantNames, *, force: bool) -> None:
         """Once per tenant and process (or when its role could not log in): schema, roles and grants."""

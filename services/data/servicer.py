@@ -90,8 +90,23 @@ def from_cell(cell: data_pb2.Cell) -> Any:
         except InvalidOperation:
             raise InvalidArgument(f"parameter {cell.decimal!r} is not a decimal number") from None
     if kind == "json":
-        return Json(json_format.MessageToDict(cell.json))
+        return Json(_integral(json_format.MessageToDict(cell.json)))
     return getattr(cell, kind)
+
+
+_EXACT = 2**53  # every integer up to this magnitude is exact as a double
+
+
+def _integral(value: Any) -> Any:
+    """google.protobuf.Value holds numbers as doubles: 1 arrives as 1.0. Whole numbers that a double holds
+    exactly become ints again; beyond 2**53 precision is already lost (send such documents as text)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT:
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    return value
 
 
 # --- Responses ------------------------------------------------------------------------------------------

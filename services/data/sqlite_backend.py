@@ -41,12 +41,14 @@ from services.data.model import (
     Limits,
     Plan,
     QueryResult,
+    Rows,
     Table,
     TableColumn,
     TenantSql,
     checked_tenant,
+    collect,
 )
-from services.data.sqltext import reads_only
+from services.data.sqltext import Statement, reads_only, scan
 
 T = TypeVar("T")
 BACKEND = "sqlite"
@@ -138,7 +140,7 @@ class _Connection:
         self.deadline = math.inf
         self.conn.set_progress_handler(lambda: time.monotonic() > self.deadline, PROGRESS_STEPS)
 
-    def query(self, sql: str, params: list[Any], limits: Limits) -> QueryResult:
+    def query(self, sql: str, params: list[Any] | dict[str, Any], limits: Limits) -> QueryResult:
         started = time.perf_counter()
         self.deadline = time.monotonic() + limits.timeout_ms / 1000
         changes = self.conn.total_changes
@@ -146,7 +148,7 @@ class _Connection:
             cursor = self.conn.execute(sql, params)
             try:
                 description = cursor.description
-                rows = cursor.fetchmany(limits.max_rows + 1) if description else []
+                rows = collect(cursor.fetchmany, limits) if description else Rows(limits)
                 affected = cursor.rowcount
             finally:
                 cursor.close()  # ends the statement, so its implicit transaction commits now
@@ -157,18 +159,16 @@ class _Connection:
             self._end_transaction()
         if affected < 0 or description:  # RETURNING or a read: count what the statement changed
             affected = self.conn.total_changes - changes
-        truncated = len(rows) > limits.max_rows
-        rows = rows[: limits.max_rows]
-        columns = [Column(d[0], _storage_class(rows, i)) for i, d in enumerate(description or ())]
+        columns = [Column(d[0], _storage_class(rows.rows, i)) for i, d in enumerate(description or ())]
         elapsed = (time.perf_counter() - started) * 1000
-        return QueryResult(columns, rows, truncated, affected, elapsed, BACKEND)
+        return QueryResult(columns, rows.rows, rows.truncated, affected, elapsed, BACKEND)
 
     def _end_transaction(self) -> None:
         """Each call is its own unit: a BEGIN left open by a caller never outlives the call."""
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
-    def explain(self, sql: str, params: list[Any], limits: Limits) -> Plan:
+    def explain(self, sql: str, params: list[Any] | dict[str, Any], limits: Limits) -> Plan:
         actions: list[int] = []
         self.conn.set_authorizer(_authorizer(actions))  # SQLite reports what the statement would do
         self.deadline = time.monotonic() + limits.timeout_ms / 1000
@@ -330,13 +330,15 @@ class SqliteTenants(TenantSql):
         self._provisioning = asyncio.Lock()
 
     async def query(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> QueryResult:
-        return await self._run(caller, _Connection.query, sql, [_param(p) for p in params], limits)
+        statement = scan(sql)
+        return await self._run(caller, _Connection.query, statement.text, _bind(statement, params), limits)
 
     async def list_tables(self, caller: Caller, limits: Limits) -> list[Table]:
         return await self._run(caller, _Connection.list_tables, limits)
 
     async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan:
-        return await self._run(caller, _Connection.explain, sql, [_param(p) for p in params], limits)
+        statement = scan(sql)
+        return await self._run(caller, _Connection.explain, statement.text, _bind(statement, params), limits)
 
     async def close(self) -> None:
         for tenant in self._tenants.values():
@@ -382,6 +384,19 @@ def _create_file(path: Path) -> None:
         os.chmod(path, 0o600)
     except (sqlite3.Error, OSError) as exc:
         raise Unavailable(f"cannot create the tenant database: {exc}") from exc
+
+
+def _bind(statement: Statement, params: list[Any]) -> list[Any] | dict[str, Any]:
+    """$N parameters bind by number, as on PostgreSQL (SQLite would number them by first appearance);
+    `?` parameters bind in order, and SQLite checks their count."""
+    values = [_param(p) for p in params]
+    if not statement.params:
+        return values
+    if statement.param_count != len(values):
+        raise InvalidArgument(
+            f"the statement uses {statement.param_count} parameter(s) ($1..$N) but {len(values)} were given"
+        )
+    return {str(number): value for number, value in enumerate(values, 1)}
 
 
 def _param(value: Any) -> Any:

@@ -1,7 +1,7 @@
 """The data service against real PostgreSQL: value mapping, limits, errors and tenant isolation.
 
 A private database per module (dropped afterwards), SIMULATION_MODE=false (nothing may fall back to SQLite
-unnoticed), tenant names unique per run; the cluster-wide tenant roles are dropped at the end. Skipped when
+unnoticed), tenant names unique per run; the tenant roles (cluster-wide objects) are dropped at the end. Skipped when
 POSTGRES_DSN is unset, unless LAUNCHPAD_REQUIRE_LIVE=1 (then it fails).
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,11 +19,12 @@ import grpc
 import psycopg2
 import psycopg2.extensions
 import pytest
+from google.protobuf import json_format, struct_pb2
 
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from services.core.deps import Mode
 from services.data.backend import tenant_secret
-from services.data.pg_backend import role_password, scram_verifier
+from services.data.pg_backend import TenantNames, role_password, scram_verifier
 from services.data.servicer import build
 from tests.conftest import LIVE_ENV
 from tests.services.test_data import Data, fails, values
@@ -46,13 +48,17 @@ def admin(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
 class LiveDb:
     """The module's private database and the tenants created in it (their roles outlive the database)."""
 
-    def __init__(self, server: str, dsn: str) -> None:
-        self.server, self.dsn, self.tenants = server, dsn, []
+    def __init__(self, server: str, name: str) -> None:
+        self.server, self.name, self.tenants = server, name, []
+        self.dsn = psycopg2.extensions.make_dsn(server, dbname=name)
 
     def tenant(self) -> str:
         name = f"lt{uuid.uuid4().hex[:10]}"
         self.tenants.append(name)
         return name
+
+    def role(self, tenant: str, writable: bool = True) -> str:
+        return TenantNames(tenant, self.name).role(writable)
 
 
 @pytest.fixture(scope="module")
@@ -60,14 +66,14 @@ def live_db() -> Iterator[LiveDb]:
     server = LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN")
     name = f"lp_data_test_{uuid.uuid4().hex[:10]}"
     admin(server, f'CREATE DATABASE "{name}"')
-    db = LiveDb(server, psycopg2.extensions.make_dsn(server, dbname=name))
+    db = LiveDb(server, name)
     try:
         yield db
     finally:
         admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         for tenant in db.tenants:
-            for suffix in ("rw", "ro"):
-                admin(server, f'DROP ROLE IF EXISTS "lp_{tenant}_{suffix}"')
+            for writable in (True, False):
+                admin(server, f'DROP ROLE IF EXISTS "{db.role(tenant, writable)}"')
 
 
 @pytest.fixture
@@ -129,10 +135,18 @@ async def test_postgres_types_map_to_clear_values(pg: Data) -> None:
     )
 
 
-async def test_timestamptz_is_iso_8601_with_offset(pg: Data) -> None:
-    response = await pg.query("SELECT '2024-01-02 03:04:05.25+00'::timestamptz")
-    [[text]] = values(response)
-    assert text.startswith("2024-01-02T") and text[-3] in "+-"
+async def test_timestamptz_is_rfc_3339_with_a_full_offset(pg: Data) -> None:
+    stamp = "'2024-01-02 03:04:05.25+00'::timestamptz"
+    utc = await pg.query(
+        f"SELECT set_config('timezone', 'UTC', true), {stamp}, ARRAY[{stamp}], '03:04:05-03'::timetz"
+    )
+    assert values(utc)[0][1:] == [
+        "2024-01-02T03:04:05.25+00:00",
+        ["2024-01-02T03:04:05.25+00:00"],
+        "03:04:05-03:00",
+    ]
+    india = await pg.query(f"SELECT set_config('timezone', 'Asia/Kolkata', true), {stamp}")
+    assert values(india)[0][1] == "2024-01-02T08:34:05.25+05:30"
 
 
 async def test_parameters_bind_as_values(pg: Data) -> None:
@@ -246,18 +260,18 @@ async def test_privilege_raising_sql_fails(pg: Data, sql: str) -> None:
     assert code == grpc.StatusCode.PERMISSION_DENIED, details
 
 
-async def test_reset_role_gives_nothing_more(pg: Data, other: Data) -> None:
+async def test_reset_role_gives_nothing_more(pg: Data, other: Data, live_env: LiveDb) -> None:
     await other.query("CREATE TABLE secrets (v text)")
     await pg.query("RESET ROLE")
     code, _, _ = await fails(pg.query(f"SELECT * FROM t_{other.tenant}.secrets"))
     assert code == grpc.StatusCode.PERMISSION_DENIED
     [[role]] = values(await pg.query("SELECT current_user"))
-    assert role == f"lp_{pg.tenant}_rw"
+    assert role == live_env.role(pg.tenant)
 
 
 async def test_tenant_roles_are_plain_logins_without_memberships(pg: Data, live_env: LiveDb) -> None:
     await pg.query("SELECT 1", viewer=True)
-    for role in (f"lp_{pg.tenant}_rw", f"lp_{pg.tenant}_ro"):
+    for role in (live_env.role(pg.tenant), live_env.role(pg.tenant, False)):
         [(superuser, createrole, createdb, bypassrls)] = admin(
             live_env.dsn,
             "SELECT rolsuper, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles WHERE rolname = %s",
@@ -288,13 +302,9 @@ async def test_session_state_never_leaks_into_the_next_call(pg: Data, live_env: 
     await pg.query("CREATE TABLE mine (v int)")
     await pg.query("SET search_path = public")
     assert values(await pg.query("SELECT count(*) FROM mine")) == [[0]]
-    await pg.query("SELECT pg_advisory_lock(4242)")
-    held = admin(
-        live_env.dsn,
-        "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND a.usename = %s",
-        (f"lp_{pg.tenant}_rw",),
-    )
-    assert held == []  # a tenant cannot hold a lock the platform's migrations or provisioning need
+    await pg.query("CREATE TEMP TABLE scratch (v int)")
+    code, _, _ = await fails(pg.query("SELECT count(*) FROM scratch"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT  # DISCARD TEMP dropped it with the call
 
 
 # --- schema information ---------------------------------------------------------------------------------
@@ -359,12 +369,12 @@ async def test_replicas_starting_at_once_and_provisioning_one_tenant(live_env: L
             return values(await data.query("SELECT current_user::text"))
 
     results = await asyncio.gather(*(replica() for _ in range(3)))
-    assert results == [[[f"lp_{tenant}_rw"]]] * 3
+    assert results == [[[live_env.role(tenant)]]] * 3
 
 
 async def test_a_dropped_tenant_role_is_recreated(pg: Data, live_env: LiveDb) -> None:
     await pg.query("SELECT 1", viewer=True)
-    role = f"lp_{pg.tenant}_ro"
+    role = live_env.role(pg.tenant, False)
     admin(live_env.dsn, f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
     async with running_service("data", build) as (runtime, channel):  # a fresh process: pools are empty
         data = Data(Stub(channel), runtime, pg.tenant)
@@ -375,7 +385,7 @@ async def test_tenant_role_passwords_are_stored_as_scram_of_the_derived_secret(
     pg: Data, live_env: LiveDb, settings_env: Path
 ) -> None:
     await pg.query("SELECT 1")
-    role = f"lp_{pg.tenant}_rw"
+    role = live_env.role(pg.tenant)
     [(stored,)] = admin(live_env.dsn, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
     iterations, salt = stored.split("$")[1].split(":")
     password = role_password(tenant_secret(settings_env), role)
@@ -399,3 +409,174 @@ async def test_a_constraint_checked_at_commit_is_invalid_argument(pg: Data) -> N
     code, _, details = await fails(pg.query("INSERT INTO child VALUES (1)"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details["sqlstate"] == "23503"
     assert values(await pg.query("SELECT count(*) FROM child")) == [[0]]
+
+
+# --- review fixes: byte budget, large objects, advisory locks, parameters, EXPLAIN, COPY, roles ----------
+
+
+async def test_a_huge_result_stops_at_the_byte_budget_on_postgres(pg: Data) -> None:
+    response = await pg.query("SELECT repeat('x', 1000000) FROM generate_series(1, 300)")
+    assert response.truncated and response.row_count == 4  # 4 MiB holds four rows of 1 MB
+    assert response.ByteSize() <= 4 * 1024 * 1024 and len(values(response)[0][0]) == 1_000_000
+
+
+async def test_a_single_row_beyond_the_byte_budget_fails_and_changes_nothing(pg: Data) -> None:
+    code, message, _ = await fails(pg.query("SELECT repeat('x', 5000000)"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "single row" in message
+    await pg.query("CREATE TABLE kept (v int)")
+    writing = "WITH w AS (INSERT INTO kept VALUES (1) RETURNING repeat('x', 5000000)) SELECT * FROM w"
+    code, _, _ = await fails(pg.query(writing))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert values(await pg.query("SELECT count(*) FROM kept")) == [[0]]  # rolled back, not committed
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT lo_from_bytea(0, 'persistent'::bytea)",
+        "SELECT lo_create(0)",
+        "SELECT lo_creat(-1)",
+        "SELECT lo_put(1, 0, 'x'::bytea)",
+    ],
+)
+@pytest.mark.parametrize("viewer", [True, False])
+async def test_nobody_creates_or_writes_large_objects(pg: Data, sql: str, viewer: bool) -> None:
+    code, _, details = await fails(pg.query(sql, viewer=viewer))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and details["sqlstate"] == "42501"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT pg_advisory_lock(4242)",
+        "SELECT pg_advisory_lock(19536, 1)",
+        "SELECT pg_advisory_xact_lock(4242)",
+        "SELECT pg_try_advisory_lock(4242)",
+        "SELECT pg_try_advisory_xact_lock(19536, 1)",
+        "SELECT pg_advisory_lock_shared(4242)",
+    ],
+)
+async def test_tenants_cannot_take_advisory_locks(pg: Data, sql: str) -> None:
+    code, _, details = await fails(pg.query(sql))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and details["sqlstate"] == "42501"
+
+
+async def test_numbered_parameters_bind_by_number_on_postgres(pg: Data) -> None:
+    a, b = data_pb2.Cell(text="a"), data_pb2.Cell(text="b")
+    assert values(await pg.query("SELECT $2, $1", a, b)) == [["b", "a"]]
+    await pg.query("CREATE TABLE kv (id int PRIMARY KEY, v text)")
+    await pg.query("INSERT INTO kv VALUES (1, 'old')")
+    await pg.query("UPDATE kv SET v = $2 WHERE id = $1", data_pb2.Cell(int=1), data_pb2.Cell(text="new"))
+    assert values(await pg.query("SELECT v FROM kv")) == [["new"]]
+    for sql in ("", "-- nothing"):
+        code, message, _ = await fails(pg.query(sql))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "empty" in message
+
+
+async def test_json_parameters_keep_whole_numbers_on_postgres(pg: Data) -> None:
+    document = json_format.ParseDict({"n": 1, "list": [2, 2.5]}, struct_pb2.Value())
+    response = await pg.query("SELECT ($1::jsonb)::text", data_pb2.Cell(json=document))
+    assert values(response) == [['{"n": 1, "list": [2, 2.5]}']]
+
+
+@pytest.mark.parametrize(
+    "sql", ["(ANALYZE) SELECT pg_sleep(2), 1", "(ANALYZE, BUFFERS) SELECT pg_sleep(2)", "ANALYZE SELECT 1"]
+)
+async def test_explain_takes_no_options_and_never_runs_the_statement(pg: Data, sql: str) -> None:
+    started = time.monotonic()
+    code, _, _ = await fails(pg.stub.Explain(data_pb2.ExplainRequest(sql=sql), metadata=pg.dev))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and time.monotonic() - started < 1.5
+
+
+async def test_explain_never_advances_a_sequence(pg: Data) -> None:
+    await pg.query("CREATE SEQUENCE s")
+    code, _, _ = await fails(
+        pg.stub.Explain(data_pb2.ExplainRequest(sql="(ANALYZE) SELECT nextval('s')"), metadata=pg.dev)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    union = await pg.stub.Explain(
+        data_pb2.ExplainRequest(sql="(SELECT nextval('s')) UNION (SELECT 2)"), metadata=pg.dev
+    )
+    assert "Result" in union.plan or "Append" in union.plan
+    assert values(await pg.query("SELECT nextval('s')")) == [[1]]
+
+
+@pytest.mark.parametrize("sql", ["COPY (SELECT 1) TO STDOUT", "COPY copied FROM STDIN"])
+async def test_copy_to_or_from_the_client_is_invalid_argument(pg: Data, sql: str) -> None:
+    await pg.query("CREATE TABLE copied (v int)")
+    code, message, _ = await fails(pg.query(sql))
+    assert (
+        code == grpc.StatusCode.INVALID_ARGUMENT and "COPY to or from the client is not supported" in message
+    )
+    assert values(await pg.query("SELECT 1")) == [[1]]
+
+
+async def test_a_tenants_own_role_settings_never_lift_the_timeout(pg: Data, live_env: LiveDb) -> None:
+    await pg.query("ALTER ROLE CURRENT_USER SET statement_timeout = 0")  # PostgreSQL lets a role do this
+    admin(live_env.dsn, "DELETE FROM launchpad.data_tenants WHERE tenant = %s", (pg.tenant,))
+    async with running_service("data", build) as (runtime, channel):  # new sessions, provisioned again
+        data = Data(Stub(channel), runtime, pg.tenant)
+        code, _, _ = await fails(data.query("SELECT pg_sleep(5)", timeout_ms=200))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    settings = admin(
+        live_env.dsn,
+        "SELECT unnest(setconfig) FROM pg_db_role_setting WHERE setrole = %s::regrole ORDER BY 1",
+        (live_env.role(pg.tenant),),
+    )
+    assert [s for (s,) in settings] == [f"search_path=t_{pg.tenant}", "statement_timeout=30000"]
+
+
+async def test_without_reprovisioning_set_local_still_wins(pg: Data) -> None:
+    await pg.query("ALTER ROLE CURRENT_USER SET statement_timeout = 0")
+    async with running_service("data", build) as (runtime, channel):  # fresh sessions pick the default up
+        data = Data(Stub(channel), runtime, pg.tenant)
+        code, _, _ = await fails(data.query("SELECT pg_sleep(5)", timeout_ms=200))
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_tenant_roles_are_per_database(live_env: LiveDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two deployments on one server (CI's database, a dev database) with the same tenant never collide."""
+    tenant = live_env.tenant()
+    second = LiveDb(live_env.server, f"lp_data_second_{uuid.uuid4().hex[:8]}")
+    admin(live_env.server, f'CREATE DATABASE "{second.name}"')
+    try:
+        async with running_service("data", build) as (runtime, channel):
+            first = Data(Stub(channel), runtime, tenant)
+            assert values(await first.query("SELECT current_user::text")) == [[live_env.role(tenant)]]
+            monkeypatch.setenv("POSTGRES_DSN", second.dsn)
+            monkeypatch.setenv("LAUNCHPAD_TENANT_DB_SECRET", "another deployment's secret")
+            async with running_service("data", build) as (runtime2, channel2):
+                other = Data(Stub(channel2), runtime2, tenant)
+                assert values(await other.query("SELECT current_user::text")) == [[second.role(tenant)]]
+            assert second.role(tenant) != live_env.role(tenant)
+            assert values(await first.query("SELECT 1")) == [[1]]  # its password was not reset
+        [(granted,)] = admin(
+            live_env.dsn,
+            "SELECT has_database_privilege(%s, current_database(), 'CONNECT')",
+            (live_env.role(tenant),),
+        )
+        assert granted and len(live_env.role("a" * 40)) <= 63
+    finally:
+        admin(live_env.server, f'DROP DATABASE IF EXISTS "{second.name}" WITH (FORCE)')
+        for writable in (True, False):
+            admin(live_env.server, f'DROP ROLE IF EXISTS "{second.role(tenant, writable)}"')
+
+
+async def test_a_layout_1_tenant_keeps_its_tables_under_the_new_roles(pg: Data, live_env: LiveDb) -> None:
+    tenant = live_env.tenant()
+    legacy = f"lp_{tenant}_rw"
+    admin(
+        live_env.dsn,
+        f'CREATE ROLE "{legacy}"; CREATE SCHEMA t_{tenant}; CREATE TABLE t_{tenant}.old (v int);'
+        f' ALTER TABLE t_{tenant}.old OWNER TO "{legacy}";'
+        " INSERT INTO launchpad.data_tenants (tenant, backend, layout) VALUES (%s, 'postgresql', 1)",
+        (tenant,),
+    )
+    try:
+        data = pg.as_tenant(tenant)
+        assert (await data.query("INSERT INTO old VALUES (1)")).affected_rows == 1
+        assert values(await data.query("SELECT v FROM old", viewer=True)) == [[1]]
+        [(owner,)] = admin(live_env.dsn, "SELECT tableowner FROM pg_tables WHERE tablename = 'old'")
+        assert owner == live_env.role(tenant)
+    finally:
+        admin(live_env.server, f'DROP ROLE IF EXISTS "{legacy}"')

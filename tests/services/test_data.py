@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from services.core.deps import Mode
@@ -274,3 +274,57 @@ async def test_postgres_required_but_down_is_unavailable_never_a_fallback(
             code, message, _ = await fails(call)
             assert code == grpc.StatusCode.UNAVAILABLE and "pw" not in message
     assert not (settings_env / "tenants").exists() and not (settings_env / "platform.sqlite").exists()
+
+
+BIG_ROWS = (  # 300 rows of 1,000,000 characters: 300 MB if built whole
+    "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 300)"
+    " SELECT replace(hex(zeroblob(500000)), '0', 'x') FROM s"
+)
+
+
+async def test_a_huge_result_stops_at_the_byte_budget(data: Data) -> None:
+    response = await data.query(BIG_ROWS)
+    assert response.truncated and response.row_count == 4  # 4 MiB holds four rows of 1 MB
+    assert response.ByteSize() <= 4 * 1024 * 1024 and len(values(response)[0][0]) == 1_000_000
+
+
+async def test_a_single_row_beyond_the_byte_budget_is_invalid_argument(data: Data) -> None:
+    code, message, _ = await fails(data.query("SELECT replace(hex(zeroblob(2500000)), '0', 'x')"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "single row" in message and "4194304" in message
+
+
+async def test_numbered_parameters_bind_by_number_not_by_appearance(data: Data) -> None:
+    a, b = data_pb2.Cell(text="a"), data_pb2.Cell(text="b")
+    assert values(await data.query("SELECT $2, $1", a, b)) == [["b", "a"]]
+    await data.query("CREATE TABLE kv (id INTEGER PRIMARY KEY, v TEXT)")
+    await data.query("INSERT INTO kv VALUES (1, 'old')")
+    updated = await data.query(
+        "UPDATE kv SET v = $2 WHERE id = $1", data_pb2.Cell(int=1), data_pb2.Cell(text="new")
+    )
+    assert updated.affected_rows == 1 and values(await data.query("SELECT v FROM kv")) == [["new"]]
+    code, message, _ = await fails(data.query("SELECT $1, $2", a))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "2 parameter(s)" in message
+    plan = await data.stub.Explain(
+        data_pb2.ExplainRequest(
+            sql="SELECT v FROM kv WHERE id = $2 AND v = $1", params=[b, data_pb2.Cell(int=1)]
+        ),
+        metadata=data.dev,
+    )
+    assert "kv" in plan.plan
+    code, _, _ = await fails(
+        data.stub.Explain(data_pb2.ExplainRequest(sql="SELECT $2", params=[a]), metadata=data.dev)
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("sql", ["", "  ;", "-- nothing"])
+async def test_an_empty_statement_is_invalid_argument(data: Data, sql: str) -> None:
+    code, message, _ = await fails(data.query(sql))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "empty" in message
+
+
+async def test_json_parameters_keep_whole_numbers(data: Data) -> None:
+    document = json_format.ParseDict({"n": 1, "list": [2, 2.5]}, struct_pb2.Value())
+    assert values(await data.query("SELECT json($1)", data_pb2.Cell(json=document))) == [
+        ['{"n":1,"list":[2,2.5]}']
+    ]
