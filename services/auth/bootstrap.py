@@ -16,8 +16,9 @@ from pathlib import Path
 
 from services.auth.passwords import Passwords
 from services.auth.store import AuthStore, UserRecord
-from services.auth.users import MAX_PASSWORD, MIN_PASSWORD, PLATFORM_TENANT, now_ms
+from services.auth.users import MAX_PASSWORD, MIN_PASSWORD, now_ms
 from services.core.config import ConfigError
+from services.core.context import PLATFORM_TENANT
 from services.core.errors import AlreadyExists
 
 ADMIN_USERNAME = "admin"

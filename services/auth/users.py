@@ -18,12 +18,10 @@ from dataclasses import dataclass, replace
 
 from services.auth.passwords import Passwords
 from services.auth.store import AuthStore, UserRecord
-from services.core.context import ROLES, Principal
+from services.core.context import PLATFORM_TENANT, ROLES, TENANT_NAME, Principal
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
-PLATFORM_TENANT = "default"
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{1,62}$")
-TENANT = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 # Tenant names become PostgreSQL schema and role names in the data service: keep clear of the system ones.
 RESERVED_TENANTS = frozenset({"public", "launchpad", "information_schema"})
 MIN_PASSWORD, MAX_PASSWORD = 8, 1024
@@ -67,7 +65,7 @@ def validate_roles(roles: Iterable[str]) -> tuple[str, ...]:
 
 
 def validate_tenant(tenant: str) -> str:
-    if not TENANT.match(tenant) or tenant in RESERVED_TENANTS or tenant.startswith("pg_"):
+    if not TENANT_NAME.match(tenant) or tenant in RESERVED_TENANTS or tenant.startswith("pg_"):
         raise InvalidArgument(
             "tenant must be 1-40 characters: lowercase letters, digits and '_', starting with a letter "
             "(not pg_*, public, launchpad or information_schema)",

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextvars
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 WRITE_ROLES = frozenset({"admin", "developer"})
+PLATFORM_TENANT = "default"
+# Tenant names become file, schema and role names (data service): one pattern for every service.
+TENANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 ROLES = {
     "admin": "Everything in the tenant; the platform admin (tenant 'default') also manages other tenants.",
     "developer": "Reads and writes data, storage, deployments and policies of the tenant.",
@@ -34,7 +38,7 @@ class Principal:
 
     @property
     def is_platform_admin(self) -> bool:
-        return self.is_admin and self.tenant == "default"
+        return self.is_admin and self.tenant == PLATFORM_TENANT
 
 
 @dataclass(slots=True)

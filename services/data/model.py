@@ -6,7 +6,6 @@ Json (a json/jsonb value, kept apart from text) and list (an array). The service
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,9 +14,8 @@ from functools import lru_cache
 from typing import Any
 
 from services.core.config import Settings
+from services.core.context import TENANT_NAME
 from services.core.errors import InvalidArgument
-
-TENANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 
 @lru_cache(maxsize=4096)
