@@ -325,6 +325,5 @@ async def test_an_empty_statement_is_invalid_argument(data: Data, sql: str) -> N
 
 async def test_json_parameters_keep_whole_numbers(data: Data) -> None:
     document = json_format.ParseDict({"n": 1, "list": [2, 2.5]}, struct_pb2.Value())
-    assert values(await data.query("SELECT json($1)", data_pb2.Cell(json=document))) == [
-        ['{"n":1,"list":[2,2.5]}']
-    ]
+    [[text]] = values(await data.query("SELECT json($1)", data_pb2.Cell(json=document)))
+    assert text in ('{"n":1,"list":[2,2.5]}', '{"list":[2,2.5],"n":1}')  # a Struct keeps no key order
