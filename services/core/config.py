@@ -86,11 +86,6 @@ class Settings:
         return self.port + METRICS_PORT_OFFSET if self.port else 0
 
     @property
-    def env_label(self) -> str:
-        """ "SIM" when every dependency runs embedded by choice, "LIVE" otherwise."""
-        return "SIM" if self.simulation_mode else "LIVE"
-
-    @property
     def audit_path(self) -> Path:
         return self.data_dir / "audit.log"
 

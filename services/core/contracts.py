@@ -7,9 +7,7 @@ the .proto files stay the single truth.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
 
-from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 
 from launchpad.api.v1 import options_pb2
@@ -52,9 +50,3 @@ def method_policy(method: MethodDescriptor) -> MethodPolicy:
 def service_policies(*services: ServiceDescriptor) -> dict[str, MethodPolicy]:
     """Policies of every method of the given services, keyed by wire name."""
     return {wire_name(m): method_policy(m) for s in services for m in s.methods}
-
-
-@cache
-def find_service(full_name: str) -> ServiceDescriptor:
-    """A service descriptor by full name, from the default pool (its _pb2 module must be imported)."""
-    return descriptor_pool.Default().FindServiceByName(full_name)
