@@ -29,7 +29,6 @@ from edge.health import (
     HealthEndpoint,
     HttpMetricsMiddleware,
     MetricsEndpoint,
-    configured_backends,
 )
 from edge.middleware import BodyLimitMiddleware, ContentTypeMiddleware, RequestIdMiddleware
 from edge.openapi import build_openapi
@@ -71,7 +70,7 @@ def create_app(
     jwks = JwksSource(backends) if verifier is None else None
     verifier = verifier or make_verifier(settings, jwks)
     ctx = EdgeContext(backends, verifier, jwks)
-    checker = HealthChecker(backends, health_backends or configured_backends(), settings.simulation_mode)
+    checker = HealthChecker(backends, health_backends or list(settings.backends), settings.simulation_mode)
     app = _fastapi(backends)
     document = build_openapi(route_specs, socket_specs, VERSION)
     app.openapi = lambda: document  # type: ignore[method-assign]

@@ -1,6 +1,6 @@
 """GET /health (the backends' gRPC health and dependency modes) and GET /metrics (Prometheus).
 
-/health asks every backend in LAUNCHPAD_BACKENDS, concurrently and with a short deadline, for its
+/health asks every backend in settings.backends (LAUNCHPAD_BACKENDS), concurrently and with a short deadline, for its
 grpc.health.v1 status and its StatusService dependencies. One answer is shared for CACHE_S and concurrent
 requests wait for the same check, so /health cannot be used to put load on the backends.
 """
@@ -8,7 +8,6 @@ requests wait for the same check, so /health cannot be used to put load on the b
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 from typing import Any
@@ -26,7 +25,6 @@ from launchpad.api.v1 import status_pb2
 
 CHECK_TIMEOUT_S = 1.0
 CACHE_S = 1.0
-DEFAULT_BACKENDS = "data,auth"
 _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _GET_STATUS = "/launchpad.api.v1.StatusService/GetStatus"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -42,12 +40,6 @@ HTTP_SECONDS = Histogram(
     ["route"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-
-
-def configured_backends() -> list[str]:
-    """LAUNCHPAD_BACKENDS: the services /health checks (the ones that exist as servers)."""
-    raw = os.environ.get("LAUNCHPAD_BACKENDS", DEFAULT_BACKENDS)
-    return [name.strip() for name in raw.split(",") if name.strip()]
 
 
 class HealthChecker:

@@ -80,6 +80,8 @@ class Settings:
     query_max_rows: int
     query_max_bytes: int
     addresses: dict[str, str] = field(default_factory=dict)
+    # The services that exist as servers: the edge's /health checks these (later issues add theirs).
+    backends: tuple[str, ...] = ("data", "auth")
 
     @property
     def metrics_port(self) -> int:
@@ -135,4 +137,5 @@ def load_settings(service: str) -> Settings:
         query_max_rows=_int("LAUNCHPAD_QUERY_MAX_ROWS", 10000),
         query_max_bytes=_int("LAUNCHPAD_QUERY_MAX_BYTES", 4 * 1024 * 1024),
         addresses=addresses,
+        backends=_list("LAUNCHPAD_BACKENDS", "data,auth"),
     )

@@ -186,10 +186,12 @@ async def test_answers_are_shared_for_a_second(settings_env: Any, monkeypatch: p
 
 
 def test_backends_come_from_launchpad_backends(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.core.config import load_settings
+
     monkeypatch.delenv("LAUNCHPAD_BACKENDS", raising=False)
-    assert health.configured_backends() == ["data", "auth"]
+    assert load_settings("edge").backends == ("data", "auth")
     monkeypatch.setenv("LAUNCHPAD_BACKENDS", " data, auth ,storage,")
-    assert health.configured_backends() == ["data", "auth", "storage"]
+    assert load_settings("edge").backends == ("data", "auth", "storage")
 
 
 async def test_metrics_are_prometheus_text(settings_env: Any) -> None:
