@@ -12,8 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import secrets
 import time
 import uuid
 from collections.abc import Sequence
@@ -25,6 +23,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from services.core.files import create_once
 from services.core.tokens import ALGORITHM, StaticKeys
 
 KEY_FILE = "jwt-signing-key.pem"
@@ -111,26 +110,6 @@ def _new_private_pem() -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-
-
-def create_once(path: Path, make: Any) -> bytes:
-    """The file's bytes; when absent, writes make() there (mode 0600) atomically, first writer wins."""
-    if path.exists():
-        return path.read_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(make())
-            out.flush()
-            os.fsync(out.fileno())
-        os.link(temp, path)  # fails when another process got there first: then its file is the one
-    except FileExistsError:
-        pass
-    finally:
-        temp.unlink(missing_ok=True)
-    return path.read_bytes()
 
 
 def _load_private(pem: bytes) -> ec.EllipticCurvePrivateKey:

@@ -71,6 +71,7 @@ class Settings:
     token_ttl_s: int
     admin_password: str
     jwt_key_path: Path | None
+    tenant_db_secret: str
     cors_origins: tuple[str, ...]
     max_body_bytes: int
     rate_limit_per_minute: int
@@ -127,6 +128,7 @@ def load_settings(service: str) -> Settings:
         jwt_audience=_env("LAUNCHPAD_JWT_AUDIENCE", "launchpad"),
         token_ttl_s=_int("LAUNCHPAD_TOKEN_TTL_S", 3600),
         admin_password=_env("LAUNCHPAD_ADMIN_PASSWORD"),
+        tenant_db_secret=_env("LAUNCHPAD_TENANT_DB_SECRET"),
         jwt_key_path=Path(_env("LAUNCHPAD_JWT_KEY_PATH")) if _env("LAUNCHPAD_JWT_KEY_PATH") else None,
         cors_origins=_list("LAUNCHPAD_CORS_ORIGINS", "http://localhost:3000,http://127.0.0.1:3000"),
         max_body_bytes=_int("LAUNCHPAD_MAX_BODY_BYTES", 2 * 1024 * 1024),

@@ -22,6 +22,7 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
+from services.core.config import load_settings
 from services.core.deps import Mode
 from services.data.backend import tenant_secret
 from services.data.pg_backend import TenantNames, role_password, scram_verifier
@@ -388,7 +389,7 @@ async def test_tenant_role_passwords_are_stored_as_scram_of_the_derived_secret(
     role = live_env.role(pg.tenant)
     [(stored,)] = admin(live_env.dsn, "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,))
     iterations, salt = stored.split("$")[1].split(":")
-    password = role_password(tenant_secret(settings_env), role)
+    password = role_password(tenant_secret(load_settings("data")), role)
     assert stored == scram_verifier(password, base64.b64decode(salt), int(iterations))
 
 
