@@ -1,12 +1,16 @@
-"""Tenant SQL on PostgreSQL: isolation by the database's own roles and schemas, not by string checks.
+"""Tenant SQL on PostgreSQL: isolation by the database's own roles and databases, not by string checks.
 
-Each tenant gets a schema t_<tenant> and two LOGIN roles, lp_<db>_<tenant>_rw and lp_<db>_<tenant>_ro
-(<db>: 6 hex digits of the database name's SHA-256, as roles are shared by every database of a server),
-members of no other role; the platform schema and other tenants' schemas grant them nothing. This service
-connects AS the tenant role (its password is an HMAC of a service secret), so SET ROLE, RESET ROLE,
-set_config('role', ...) and SET SESSION AUTHORIZATION cannot raise privileges, and superuser-only functions
-(pg_read_file, COPY ... PROGRAM, lo_import) fail with permission errors. Migration 003 takes large objects and
-advisory locks from PUBLIC. Viewers use the read-only role, in READ ONLY transactions.
+Each tenant gets its own database, lp_<db>_<tenant>, holding a schema t_<tenant>, and two LOGIN roles,
+lp_<db>_<tenant>_rw and lp_<db>_<tenant>_ro (<db>: 6 hex digits of the platform database name's SHA-256, as
+role and database names are server-wide), members of no other role. A database of its own
+is what hides other tenants: the catalogs (pg_class, pg_proc, pg_namespace) are readable by everyone but only
+describe the database they are in. Only the tenant's two roles may connect to its database (PUBLIC may not);
+pg_database and pg_roles are cluster-wide, so other tenants' database and role *names* stay visible.
+This service connects AS the tenant role (its password is an HMAC of a service secret), so SET ROLE,
+RESET ROLE, set_config('role', ...) and SET SESSION AUTHORIZATION cannot raise privileges, and superuser-only
+functions (pg_read_file, COPY ... PROGRAM, lo_import) fail with permission errors. Migrations 002 and 003 (no
+CREATE on public; no large objects or advisory locks for PUBLIC) are applied inside every tenant database too,
+as those privileges are per database. Viewers use the read-only role, in READ ONLY transactions.
 
 Every call is one transaction with SET LOCAL statement_timeout; a row-returning query is read through a
 cursor in batches sized to the row cap and byte budget, so a huge result never reaches this process.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -26,6 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -65,8 +71,17 @@ BACKEND = "postgresql"
 PER_TENANT = 4
 WORKERS = 16
 MAX_OPEN_TENANTS = 32
-LAYOUT = 2  # bump when provisioning changes: tenants recorded with an older layout are provisioned again
-PROVISION_LOCK = 0x4C50  # first key of pg_advisory_xact_lock(int, int); the second is hashtext(tenant)
+# Bump when provisioning changes: tenants recorded with an older layout are provisioned again. Layout 3 moved
+# each tenant from a schema of the platform database into a database of its own; the new database starts empty
+# and the old schema is left where it was (no data is moved).
+LAYOUT = 3
+PROVISION_LOCK = 0x4C50  # first key of pg_advisory_lock(int, int); the second is hashtext(tenant)
+# What the platform database's migrations revoke from PUBLIC, applied in each tenant database as well.
+_MIGRATIONS = Path(__file__).parent / "migrations"
+_TENANT_DATABASE_SETUP = [
+    (_MIGRATIONS / name).read_text()
+    for name in ("002_public_schema.postgresql.sql", "003_no_large_objects.postgresql.sql")
+]
 
 _CURSOR = "lp_rows"
 # Statements that DECLARE ... CURSOR FOR accepts (a data-modifying WITH falls back to a plain execute).
@@ -79,22 +94,26 @@ _AFFECTING = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
 
 @dataclass(frozen=True, slots=True)
 class TenantNames:
-    """Database names of one tenant; safe because the tenant name matched TENANT_NAME (at most 53 chars)."""
+    """Object names of one tenant; safe because the tenant name matched TENANT_NAME (at most 40 chars)."""
 
     tenant: str
-    database: str  # the database the tenant's schema lives in
+    database: str  # the platform database (POSTGRES_DSN): names derive from it, so deployments never collide
 
     @property
     def schema(self) -> str:
         return f"t_{self.tenant}"
 
-    def role(self, writable: bool) -> str:
-        tag = hashlib.sha256(self.database.encode()).hexdigest()[:6]
-        return f"lp_{tag}_{self.tenant}_{'rw' if writable else 'ro'}"
+    @property
+    def tenant_database(self) -> str:
+        return f"{tenant_database_prefix(self.database)}{self.tenant}"
 
-    def legacy_role(self, writable: bool) -> str:
-        """The layout 1 name, shared by every database of the server."""
-        return f"lp_{self.tenant}_{'rw' if writable else 'ro'}"
+    def role(self, writable: bool) -> str:
+        return f"{tenant_database_prefix(self.database)}{self.tenant}_{'rw' if writable else 'ro'}"
+
+
+def tenant_database_prefix(platform_database: str) -> str:
+    """lp_<6 hex of the platform database name>_: what every tenant database and role name starts with."""
+    return f"lp_{hashlib.sha256(platform_database.encode()).hexdigest()[:6]}_"
 
 
 def role_password(secret: bytes, role: str) -> str:
@@ -406,17 +425,31 @@ def _tables(columns: list[tuple[Any, ...]], keys: list[tuple[Any, ...]]) -> list
 # --- Provisioning (as the platform's own PostgreSQL user) -----------------------------------------------
 
 
-def _provision(cur: ext.cursor, names: TenantNames, passwords: dict[bool, str], timeout_ms: int) -> None:
-    """Creates or repairs the tenant's schema and roles, idempotently, one replica at a time."""
+def _provision(
+    cur: ext.cursor, dsn: str, names: TenantNames, passwords: dict[bool, str], timeout_ms: int
+) -> None:
+    """Creates or repairs the tenant's database, roles and schema, idempotently, one replica at a time.
+
+    `cur` is an autocommit platform connection: CREATE DATABASE cannot run inside a transaction, so the lock
+    is a session advisory lock, released at the end (or with the connection, should it die).
+    """
+    lock = (PROVISION_LOCK, names.tenant)
+    cur.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", lock)
+    try:
+        _create_database(cur, names.tenant_database)
+        _in_transaction(cur, _provision_roles, names, passwords, timeout_ms)
+        _provision_tenant_database(dsn, names)  # conn.dsn hides the password
+        cur.execute(_RECORD, (names.tenant, BACKEND, LAYOUT))
+    finally:
+        if not cur.connection.closed:
+            cur.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", lock)
+
+
+def _in_transaction(cur: ext.cursor, fn: Callable[..., None], *args: Any) -> None:
     conn = cur.connection
     conn.autocommit = False
     try:
-        cur.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (PROVISION_LOCK, names.tenant))
-        for writable in (True, False):
-            _provision_role(cur, names, writable, passwords[writable], timeout_ms)
-            _adopt_legacy(cur, names.legacy_role(writable), names.role(writable))
-        _provision_schema(cur, names)
-        cur.execute(_RECORD, (names.tenant, BACKEND, LAYOUT))
+        fn(cur, *args)
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -425,17 +458,44 @@ def _provision(cur: ext.cursor, names: TenantNames, passwords: dict[bool, str], 
         conn.autocommit = True
 
 
+def _create_database(cur: ext.cursor, database: str) -> None:
+    """The tenant's own database, owned by the platform's user (so a tenant cannot grant on it).
+
+    template0: nobody connects to it, so concurrent creations never fail on "source database is being accessed
+    by other users", and nothing an administrator added to template1 reaches a tenant.
+    """
+    cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+    if cur.fetchone():
+        return
+    # Replicas are serialized by the advisory lock; should the name be taken meanwhile anyway, it is ours.
+    with contextlib.suppress(psycopg2.errors.DuplicateDatabase):
+        cur.execute(pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(pgsql.Identifier(database)))
+
+
 _ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
+
+
+def _provision_roles(
+    cur: ext.cursor, names: TenantNames, passwords: dict[bool, str], timeout_ms: int
+) -> None:
+    own, platform = pgsql.Identifier(names.tenant_database), pgsql.Identifier(names.database)
+    for writable in (True, False):
+        _provision_role(cur, names, writable, passwords[writable], timeout_ms)
+    rw, ro = pgsql.Identifier(names.role(True)), pgsql.Identifier(names.role(False))
+    for statement in (
+        "REVOKE ALL ON DATABASE {own} FROM PUBLIC",  # CONNECT and TEMPORARY by default
+        "GRANT CONNECT, TEMPORARY ON DATABASE {own} TO {rw}",
+        "GRANT CONNECT ON DATABASE {own} TO {ro}",
+        # Layout 2 granted CONNECT on the platform database: taken back (PUBLIC may still have it there).
+        "REVOKE ALL ON DATABASE {platform} FROM {rw}, {ro}",
+    ):
+        cur.execute(pgsql.SQL(statement).format(own=own, platform=platform, rw=rw, ro=ro))
 
 
 def _provision_role(
     cur: ext.cursor, names: TenantNames, writable: bool, password: str, timeout_ms: int
 ) -> None:
-    role, schema, database = (
-        names.role(writable),
-        pgsql.Identifier(names.schema),
-        pgsql.Identifier(names.database),
-    )
+    role, schema = names.role(writable), pgsql.Identifier(names.schema)
     ident = pgsql.Identifier(role)
     cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
     verb = "ALTER" if cur.fetchone() else "CREATE"
@@ -452,22 +512,25 @@ def _provision_role(
     # A tenant can ALTER ROLE CURRENT_USER SET ...: only our defaults survive provisioning (and every call
     # sets its own statement_timeout with SET LOCAL, which wins over any default).
     cur.execute(pgsql.SQL("ALTER ROLE {} RESET ALL").format(ident))
-    cur.execute(pgsql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(ident, database))
+    for database in (names.database, names.tenant_database):
+        cur.execute(
+            pgsql.SQL("ALTER ROLE {} IN DATABASE {} RESET ALL").format(ident, pgsql.Identifier(database))
+        )
     cur.execute(pgsql.SQL("ALTER ROLE {} SET search_path = {}").format(ident, schema))
     cur.execute(pgsql.SQL("ALTER ROLE {} SET statement_timeout = %s").format(ident), (str(timeout_ms),))
-    cur.execute(pgsql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, ident))
 
 
-def _adopt_legacy(cur: ext.cursor, legacy: str, role: str) -> None:
-    """Layout 1 roles were shared by every database: their objects here pass to the per-database role.
-
-    Only this database's objects and grants are touched; the old role itself may still serve another one.
-    """
-    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (legacy,))
-    if cur.fetchone():
-        old, new = pgsql.Identifier(legacy), pgsql.Identifier(role)
-        cur.execute(pgsql.SQL("REASSIGN OWNED BY {} TO {}").format(old, new))
-        cur.execute(pgsql.SQL("DROP OWNED BY {}").format(old))  # now only its grants in this database
+def _provision_tenant_database(platform_dsn: str, names: TenantNames) -> None:
+    """Inside the tenant's database, as the platform's user: PUBLIC's revokes, then the tenant's schema."""
+    dsn = ext.make_dsn(platform_dsn, dbname=names.tenant_database)
+    conn = psycopg2.connect(dsn, connect_timeout=3, application_name="launchpad-data")
+    try:
+        with conn, conn.cursor() as cur:  # one transaction
+            for script in _TENANT_DATABASE_SETUP:
+                cur.execute(script)
+            _provision_schema(cur, names)
+    finally:
+        conn.close()
 
 
 def _provision_schema(cur: ext.cursor, names: TenantNames) -> None:
@@ -533,7 +596,9 @@ class _Tenant:
             return pool.get()
         except psycopg2.OperationalError as exc:
             text = str(exc)
-            if "password authentication failed" in text or "does not exist" in text:
+            # Its role or database was dropped, or a grant revoked: provisioning repairs all of them.
+            refused = ("password authentication failed", "does not exist", "permission denied for database")
+            if any(reason in text for reason in refused):
                 raise _LoginRefused(first_line(exc)) from exc
             raise Unavailable(f"PostgreSQL is not available: {first_line(exc)}") from exc
 
@@ -598,14 +663,14 @@ class PgTenants(TenantSql):
         return TenantNames(checked_tenant(tenant), self._database)
 
     async def _provision(self, names: TenantNames, *, force: bool) -> None:
-        """Once per tenant and process (or when its role could not log in): schema, roles and grants."""
+        """Once per tenant and process (or when it could not log in): database, roles, schema and grants."""
         async with self._locks.setdefault(names.tenant, asyncio.Lock()):
             if names.tenant in self._provisioned and not force:
                 return
             row = await self._db.fetchone("SELECT layout FROM data_tenants WHERE tenant = ?", (names.tenant,))
             if force or row is None or row["layout"] < LAYOUT:
                 passwords = {w: role_password(self._secret, names.role(w)) for w in (True, False)}
-                await self._db.run(_provision, names, passwords, self._max_timeout_ms)
+                await self._db.run(_provision, self._db.dsn, names, passwords, self._max_timeout_ms)
             self._provisioned.add(names.tenant)
 
     async def _open(self, names: TenantNames) -> _Tenant:
@@ -614,7 +679,10 @@ class PgTenants(TenantSql):
             await self._blocking.run(old.close)
         dsns = {
             w: ext.make_dsn(
-                self._db.dsn, user=names.role(w), password=role_password(self._secret, names.role(w))
+                self._db.dsn,
+                dbname=names.tenant_database,
+                user=names.role(w),
+                password=role_password(self._secret, names.role(w)),
             )
             for w in (True, False)
         }

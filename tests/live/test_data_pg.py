@@ -1,8 +1,8 @@
 """The data service against real PostgreSQL: value mapping, limits, errors and tenant isolation.
 
 A private database per module (dropped afterwards), SIMULATION_MODE=false (nothing may fall back to SQLite
-unnoticed), tenant names unique per run; the tenant roles (cluster-wide objects) are dropped at the end. Skipped when
-POSTGRES_DSN is unset, unless LAUNCHPAD_REQUIRE_LIVE=1 (then it fails).
+unnoticed), tenant names unique per run; the tenants' databases and roles (cluster-wide objects) are dropped at
+the end. Skipped when POSTGRES_DSN is unset, unless LAUNCHPAD_REQUIRE_LIVE=1 (then it fails).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def admin(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
 
 
 class LiveDb:
-    """The module's private database and the tenants created in it (their roles outlive the database)."""
+    """The module's private database and the tenants created for it (their databases and roles outlive it)."""
 
     def __init__(self, server: str, name: str) -> None:
         self.server, self.name, self.tenants = server, name, []
@@ -61,6 +61,22 @@ class LiveDb:
     def role(self, tenant: str, writable: bool = True) -> str:
         return TenantNames(tenant, self.name).role(writable)
 
+    def database(self, tenant: str) -> str:
+        return TenantNames(tenant, self.name).tenant_database
+
+    def tenant_dsn(self, tenant: str) -> str:
+        """The tenant's own database, as the server's administrator."""
+        return psycopg2.extensions.make_dsn(self.server, dbname=self.database(tenant))
+
+    def drop(self) -> None:
+        """The database, then every tenant's database, then their roles (which the databases' grants name)."""
+        admin(self.server, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        for tenant in self.tenants:
+            admin(self.server, f'DROP DATABASE IF EXISTS "{self.database(tenant)}" WITH (FORCE)')
+        for tenant in self.tenants:
+            for writable in (True, False):
+                admin(self.server, f'DROP ROLE IF EXISTS "{self.role(tenant, writable)}"')
+
 
 @pytest.fixture(scope="module")
 def live_db() -> Iterator[LiveDb]:
@@ -71,10 +87,7 @@ def live_db() -> Iterator[LiveDb]:
     try:
         yield db
     finally:
-        admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        for tenant in db.tenants:
-            for writable in (True, False):
-                admin(server, f'DROP ROLE IF EXISTS "{db.role(tenant, writable)}"')
+        db.drop()
 
 
 @pytest.fixture
@@ -224,21 +237,95 @@ async def test_multiple_statements_are_refused(pg: Data) -> None:
 # --- tenant isolation, enforced by PostgreSQL -----------------------------------------------------------
 
 
-async def test_a_tenant_cannot_read_another_tenants_table(pg: Data, other: Data) -> None:
+async def test_a_tenant_cannot_read_another_tenants_table(pg: Data, other: Data, live_env: LiveDb) -> None:
     await other.query("CREATE TABLE secrets (v text)")
     await other.query("INSERT INTO secrets VALUES ('other only')")
+    # The other tenant's schema lives in another database: from here it does not exist at all.
     code, _, details = await fails(pg.query(f"SELECT * FROM t_{other.tenant}.secrets"))
-    assert code == grpc.StatusCode.PERMISSION_DENIED and details["sqlstate"] == "42501"
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details["sqlstate"] == "42P01"
+    code, _, details = await fails(
+        pg.query(f"SELECT * FROM {live_env.database(other.tenant)}.t_{other.tenant}.secrets")
+    )
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details["sqlstate"] == "0A000"  # cross-database
     code, _, details = await fails(pg.query("SELECT * FROM secrets"))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and details["sqlstate"] == "42P01"
     code, _, _ = await fails(pg.query(f"SELECT * FROM t_{other.tenant}.secrets", viewer=True))
-    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert values(await other.query("SELECT v FROM secrets")) == [["other only"]]
 
 
 @pytest.mark.parametrize("table", ["launchpad.data_tenants", "launchpad.schema_migrations"])
 async def test_platform_tables_are_out_of_reach(pg: Data, table: str) -> None:
-    code, _, _ = await fails(pg.query(f"SELECT * FROM {table}"))
-    assert code == grpc.StatusCode.PERMISSION_DENIED
+    code, _, details = await fails(pg.query(f"SELECT * FROM {table}"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details["sqlstate"] == "42P01"  # no such schema here
+
+
+async def test_catalogs_show_no_other_tenant_and_no_platform_table(
+    pg: Data, other: Data, live_env: LiveDb
+) -> None:
+    await pg.query("CREATE TABLE mine (v int)")
+    await other.query("CREATE TABLE their_ledger (v int)")
+    await other.query("CREATE FUNCTION their_fn() RETURNS text LANGUAGE sql AS $$ SELECT 'their-source' $$")
+    # The platform database really holds the tables a tenant must not learn of (auth's, as a stand-in).
+    admin(live_env.dsn, "CREATE TABLE IF NOT EXISTS launchpad.auth_users (username text PRIMARY KEY)")
+    platform = {"auth_users", "schema_migrations", "data_tenants"}
+    [(seen,)] = admin(
+        live_env.dsn, "SELECT count(*) FROM pg_class WHERE relname = ANY(%s)", (list(platform),)
+    )
+    assert seen == len(platform)
+    hidden = sorted(platform | {"their_ledger"})
+    for viewer in (False, True):
+        for sql in (
+            "SELECT relname::text FROM pg_class WHERE relname = ANY($1::text[])",
+            "SELECT tablename::text FROM pg_tables WHERE tablename = ANY($1::text[])",
+            "SELECT table_name::text FROM information_schema.tables WHERE table_name = ANY($1::text[])",
+        ):
+            response = await pg.query(sql, data_pb2.Cell(text="{" + ",".join(hidden) + "}"), viewer=viewer)
+            assert values(response) == [], sql
+        sources = await pg.query(
+            "SELECT proname::text FROM pg_proc WHERE prosrc LIKE '%their-source%'", viewer=viewer
+        )
+        assert values(sources) == []
+        schemas = await pg.query(
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\\_%' OR nspname = 'launchpad'",
+            viewer=viewer,
+        )
+        assert values(schemas) == [[f"t_{pg.tenant}"]]
+    # The other tenant sees its own objects the same way: the queries above would have found them.
+    assert values(
+        await other.query("SELECT proname::text FROM pg_proc WHERE prosrc LIKE '%their-source%'")
+    ) == [["their_fn"]]
+    assert values(
+        await other.query("SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()")
+    ) == [["their_ledger"]]
+    # pg_database is cluster-wide (a documented limit): the other database's name shows, but nobody may enter.
+    own, theirs = live_env.database(pg.tenant), live_env.database(other.tenant)
+    access = await pg.query(
+        "SELECT has_database_privilege($1, 'CONNECT'), has_database_privilege($2, 'CONNECT'),"
+        " has_database_privilege('public', $2, 'CONNECT')",
+        data_pb2.Cell(text=own),
+        data_pb2.Cell(text=theirs),
+    )
+    assert values(access) == [[True, False, False]]
+
+
+async def test_each_tenant_database_revokes_what_the_platform_database_does(
+    pg: Data, live_env: LiveDb
+) -> None:
+    await pg.query("SELECT 1")
+    checks = admin(
+        live_env.tenant_dsn(pg.tenant),
+        "SELECT has_function_privilege('public', 'pg_catalog.lo_from_bytea(oid, bytea)', 'EXECUTE'),"
+        " has_function_privilege('public', 'pg_catalog.pg_advisory_lock(bigint)', 'EXECUTE'),"
+        " has_schema_privilege('public', 'public', 'CREATE'),"
+        " has_database_privilege('public', current_database(), 'CONNECT'),"
+        " has_database_privilege('public', current_database(), 'TEMPORARY'),"
+        " has_database_privilege(%s, current_database(), 'TEMPORARY'),"
+        " has_database_privilege(%s, current_database(), 'TEMPORARY'),"
+        " (SELECT datdba = current_user::regrole FROM pg_database WHERE datname = current_database())",
+        (live_env.role(pg.tenant), live_env.role(pg.tenant, False)),
+    )
+    assert checks == [(False, False, False, False, False, True, False, True)]
 
 
 @pytest.mark.parametrize(
@@ -264,8 +351,8 @@ async def test_privilege_raising_sql_fails(pg: Data, sql: str) -> None:
 async def test_reset_role_gives_nothing_more(pg: Data, other: Data, live_env: LiveDb) -> None:
     await other.query("CREATE TABLE secrets (v text)")
     await pg.query("RESET ROLE")
-    code, _, _ = await fails(pg.query(f"SELECT * FROM t_{other.tenant}.secrets"))
-    assert code == grpc.StatusCode.PERMISSION_DENIED
+    code, _, details = await fails(pg.query(f"SELECT * FROM t_{other.tenant}.secrets"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details["sqlstate"] == "42P01"  # another database
     [[role]] = values(await pg.query("SELECT current_user"))
     assert role == live_env.role(pg.tenant)
 
@@ -376,10 +463,22 @@ async def test_replicas_starting_at_once_and_provisioning_one_tenant(live_env: L
 async def test_a_dropped_tenant_role_is_recreated(pg: Data, live_env: LiveDb) -> None:
     await pg.query("SELECT 1", viewer=True)
     role = live_env.role(pg.tenant, False)
+    admin(live_env.tenant_dsn(pg.tenant), f'DROP OWNED BY "{role}"')
     admin(live_env.dsn, f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
     async with running_service("data", build) as (runtime, channel):  # a fresh process: pools are empty
         data = Data(Stub(channel), runtime, pg.tenant)
         assert values(await data.query("SELECT current_user::text", viewer=True)) == [[role]]
+
+
+async def test_a_dropped_tenant_database_is_created_again(pg: Data, live_env: LiveDb) -> None:
+    await pg.query("CREATE TABLE gone (v int)")
+    admin(live_env.server, f'DROP DATABASE "{live_env.database(pg.tenant)}" WITH (FORCE)')
+    async with running_service("data", build) as (runtime, channel):  # provisioned in this process: repaired
+        data = Data(Stub(channel), runtime, pg.tenant)
+        assert values(await data.query("SELECT count(*) FROM pg_tables WHERE tablename = 'gone'")) == [[0]]
+        assert values(await data.query("SELECT current_database()::text", viewer=True)) == [
+            [live_env.database(pg.tenant)]
+        ]
 
 
 async def test_tenant_role_passwords_are_stored_as_scram_of_the_derived_secret(
@@ -551,33 +650,41 @@ async def test_tenant_roles_are_per_database(live_env: LiveDb, monkeypatch: pyte
                 assert values(await other.query("SELECT current_user::text")) == [[second.role(tenant)]]
             assert second.role(tenant) != live_env.role(tenant)
             assert values(await first.query("SELECT 1")) == [[1]]  # its password was not reset
-        [(granted,)] = admin(
-            live_env.dsn,
-            "SELECT has_database_privilege(%s, current_database(), 'CONNECT')",
-            (live_env.role(tenant),),
+        assert second.database(tenant) != live_env.database(tenant)
+        [(granted, crossed)] = admin(
+            live_env.server,
+            "SELECT has_database_privilege(%s, %s, 'CONNECT'), has_database_privilege(%s, %s, 'CONNECT')",
+            (
+                live_env.role(tenant),
+                live_env.database(tenant),
+                second.role(tenant),
+                live_env.database(tenant),
+            ),
         )
-        assert granted and len(live_env.role("a" * 40)) <= 63
+        assert granted and not crossed
+        assert len(live_env.role("a" * 40)) <= 63 and len(live_env.database("a" * 40)) <= 63
     finally:
-        admin(live_env.server, f'DROP DATABASE IF EXISTS "{second.name}" WITH (FORCE)')
-        for writable in (True, False):
-            admin(live_env.server, f'DROP ROLE IF EXISTS "{second.role(tenant, writable)}"')
+        second.tenants.append(tenant)
+        second.drop()
 
 
-async def test_a_layout_1_tenant_keeps_its_tables_under_the_new_roles(pg: Data, live_env: LiveDb) -> None:
+async def test_a_tenant_of_the_schema_layout_gets_an_empty_database_and_its_old_schema_stays(
+    pg: Data, live_env: LiveDb
+) -> None:
+    """Layout 2 kept every tenant in a schema of the platform database: nothing is moved, nothing deleted."""
     tenant = live_env.tenant()
-    legacy = f"lp_{tenant}_rw"
     admin(
         live_env.dsn,
-        f'CREATE ROLE "{legacy}"; CREATE SCHEMA t_{tenant}; CREATE TABLE t_{tenant}.old (v int);'
-        f' ALTER TABLE t_{tenant}.old OWNER TO "{legacy}";'
-        " INSERT INTO launchpad.data_tenants (tenant, backend, layout) VALUES (%s, 'postgresql', 1)",
+        f"CREATE SCHEMA t_{tenant}; CREATE TABLE t_{tenant}.old (v int); INSERT INTO t_{tenant}.old VALUES (7);"
+        " INSERT INTO launchpad.data_tenants (tenant, backend, layout) VALUES (%s, 'postgresql', 2)",
         (tenant,),
     )
-    try:
-        data = pg.as_tenant(tenant)
-        assert (await data.query("INSERT INTO old VALUES (1)")).affected_rows == 1
-        assert values(await data.query("SELECT v FROM old", viewer=True)) == [[1]]
-        [(owner,)] = admin(live_env.dsn, "SELECT tableowner FROM pg_tables WHERE tablename = 'old'")
-        assert owner == live_env.role(tenant)
-    finally:
-        admin(live_env.server, f'DROP ROLE IF EXISTS "{legacy}"')
+    data = pg.as_tenant(tenant)
+    code, _, details = await fails(data.query("SELECT v FROM old"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and details["sqlstate"] == "42P01"
+    assert (await data.query("CREATE TABLE fresh (v int)")).affected_rows == 0
+    assert values(await data.query("SELECT current_database()::text")) == [[live_env.database(tenant)]]
+    assert admin(live_env.dsn, f"SELECT v FROM t_{tenant}.old") == [(7,)]
+    assert admin(live_env.dsn, "SELECT layout FROM launchpad.data_tenants WHERE tenant = %s", (tenant,)) == [
+        (3,)
+    ]
