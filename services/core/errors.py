@@ -72,6 +72,12 @@ class ResourceExhausted(ServiceError):
     code = Code.RESOURCE_EXHAUSTED
 
 
+class Aborted(ServiceError):
+    """Concurrency conflict (deadlock, serialization failure): nothing was applied, retrying is safe."""
+
+    code = Code.ABORTED
+
+
 class DeadlineExceeded(ServiceError):
     code = Code.DEADLINE_EXCEEDED
 

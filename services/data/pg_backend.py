@@ -43,6 +43,7 @@ from psycopg2 import sql as pgsql
 from services.core.blocking import Blocking
 from services.core.db import PgPlatformDb, PgPool, first_line
 from services.core.errors import (
+    Aborted,
     DeadlineExceeded,
     InvalidArgument,
     PermissionDenied,
@@ -241,9 +242,11 @@ def tenant_error(exc: psycopg2.Error, limits: Limits, rendered: Rendered | None,
         return Unavailable(f"PostgreSQL connection lost: {message}")
     if not code and "COPY" in message:  # the driver refuses COPY TO STDOUT / FROM STDIN itself
         return InvalidArgument("COPY to or from the client is not supported; use SELECT/INSERT")
-    # Only the server or the connection failing is Unavailable; contention (40xxx deadlock or serialization,
-    # 55P03 lock not available) is too, because the whole transaction rolled back and a retry is safe.
-    if code.startswith(("08", "53", "57P", "58", "40")) or code == "55P03":
+    # Contention (40xxx deadlock or serialization failure, 55P03 lock not available): the transaction rolled
+    # back whole, so ABORTED (409) tells the client a retry is safe; only the server failing is Unavailable.
+    if code.startswith("40") or code == "55P03":
+        return Aborted(f"conflict with a concurrent transaction: {message}", **details)
+    if code.startswith(("08", "53", "57P", "58")):
         return Unavailable(f"PostgreSQL could not run the statement: {message}", **details)
     return InvalidArgument(message, **details)
 

@@ -206,6 +206,19 @@ async def test_statement_timeout_is_deadline_exceeded(pg: Data) -> None:
     assert values(await pg.query("SELECT 1")) == [[1]]
 
 
+async def test_a_lock_conflict_is_aborted_and_safe_to_retry(pg: Data) -> None:
+    await pg.query("CREATE TABLE jobs (id int primary key)")
+    await pg.query("INSERT INTO jobs VALUES (1)")
+    holder = asyncio.ensure_future(
+        pg.query("WITH held AS (SELECT id FROM jobs FOR UPDATE) SELECT pg_sleep(1), count(*) FROM held")
+    )
+    await asyncio.sleep(0.3)
+    code, message, details = await fails(pg.query("SELECT id FROM jobs FOR UPDATE NOWAIT"))
+    assert code == grpc.StatusCode.ABORTED and details["sqlstate"] == "55P03", message
+    await holder
+    assert values(await pg.query("SELECT id FROM jobs FOR UPDATE NOWAIT")) == [[1]]  # the retry succeeds
+
+
 async def test_a_tenant_cannot_lift_its_own_timeout(pg: Data) -> None:
     await pg.query("SET statement_timeout = 0")
     code, _, _ = await fails(pg.query("SELECT pg_sleep(5)", timeout_ms=200))
