@@ -30,7 +30,9 @@ from edge.health import (
     HttpMetricsMiddleware,
     MetricsEndpoint,
 )
-from edge.middleware import BodyLimitMiddleware, ContentTypeMiddleware, RequestIdMiddleware
+from edge.middleware import ContentTypeMiddleware, RequestIdMiddleware
+from edge.objects import PREFIX as OBJECTS_PREFIX
+from edge.objects import BodyLimits, object_routes, outside_uploads
 from edge.openapi import build_openapi
 from edge.ratelimit import RateLimiter, RateLimitMiddleware, make_limiter
 from edge.routes import EdgeContext, RouteTable, build_specs, contract_services, rpc_routes
@@ -77,6 +79,7 @@ def create_app(
     fixed = [
         Route("/health", HealthEndpoint(checker), methods=["GET"]),
         Route("/metrics", MetricsEndpoint(), methods=["GET"]),
+        *object_routes(ctx),
     ]
     table = RouteTable([*fixed, *rpc_routes(route_specs, ctx)])
     app.router.routes[:0] = [table, *websocket_routes(socket_specs, ctx)]  # before FastAPI's /docs routes
@@ -188,7 +191,7 @@ def _add_middleware(
 ) -> None:
     # Like add_middleware, the last one added is the outermost; EdgeApp puts them outside FastAPI's stack.
     add = app.add_edge_middleware
-    add(WafMiddleware, audit=audit, max_body_bytes=settings.max_body_bytes)
+    add(outside_uploads(WafMiddleware), audit=audit, max_body_bytes=settings.max_body_bytes)
     add(
         RateLimitMiddleware,
         limiter=limiter,
@@ -196,8 +199,8 @@ def _add_middleware(
         per_principal=settings.rate_limit_per_minute,
         per_ip=settings.rate_limit_ip_per_minute,
     )
-    add(ContentTypeMiddleware)
-    add(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    add(ContentTypeMiddleware, exempt_prefixes=(OBJECTS_PREFIX,))
+    add(BodyLimits, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes)
     add(
         BrowserCors,
         allow_origins=list(settings.cors_origins),

@@ -19,15 +19,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.core.config import SERVICES, load_settings
+from services.core.config import built_services, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 STOP_GRACE_S = 8.0
-
-
-def built_services() -> list[str]:
-    """Services that exist as servers (a later issue adds the rest), in port order."""
-    return [name for name in SERVICES if (ROOT / "services" / name / "__main__.py").exists()]
 
 
 @dataclass

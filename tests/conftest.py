@@ -15,9 +15,28 @@ _ISOLATED = (
     "REDIS_URL",
     "LAUNCHPAD_ADMIN_PASSWORD",
     "LAUNCHPAD_JWT_KEY_PATH",
+    "MINIO_ENDPOINT",
+    "MINIO_ACCESS_KEY",
+    "MINIO_SECRET_KEY",
+    "VAULT_ADDR",
+    "VAULT_TOKEN",
+    "COSIGN_KEY_PATH",
+    "COSIGN_PASSWORD",
+    "RUNTIME_AGENT_URL",
 )
 # The real servers CI configured, read before any test isolates the environment.
-LIVE_ENV = {name: os.environ.get(name, "") for name in ("POSTGRES_DSN", "REDIS_URL")}
+LIVE_ENV = {
+    name: os.environ.get(name, "")
+    for name in (
+        "POSTGRES_DSN",
+        "REDIS_URL",
+        "MINIO_ENDPOINT",
+        "MINIO_ACCESS_KEY",
+        "MINIO_SECRET_KEY",
+        "VAULT_ADDR",
+        "VAULT_TOKEN",
+    )
+}
 
 
 @pytest.fixture

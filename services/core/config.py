@@ -80,9 +80,25 @@ class Settings:
     query_timeout_ms: int
     query_max_rows: int
     query_max_bytes: int
+    # Deploy's signing key sources, in order: Vault transit, a cosign key file, else a generated key.
+    vault_addr: str = ""
+    vault_token: str = ""
+    vault_transit_key: str = "launchpad-wpk"
+    cosign_key_path: Path | None = None
+    cosign_password: str = ""
+    runtime_agent_url: str = ""  # the runtime agent's base URL (POST /execute); unset: in-process agent
     addresses: dict[str, str] = field(default_factory=dict)
     # The services that exist as servers: the edge's /health checks these (later issues add theirs).
     backends: tuple[str, ...] = ("data", "auth")
+    # Object storage (DESIGN section 4): live S3 when MINIO_ENDPOINT is set, else a folder of buckets.
+    minio_endpoint: str = ""
+    minio_access_key: str = ""
+    minio_secret_key: str = ""
+    minio_secure: bool = False
+    max_upload_bytes: int = 100 * 1024 * 1024
+    # The edge's address as clients see it: embedded signed URLs point there.
+    public_url: str = "http://127.0.0.1:8001"
+    storage_url_secret: str = ""
 
     @property
     def metrics_port(self) -> int:
@@ -102,6 +118,23 @@ def _default_port(service: str) -> int:
     return SERVICES[service]
 
 
+def built_services() -> list[str]:
+    """The services that exist as servers (services/<name>/__main__.py), in port order."""
+    root = Path(__file__).resolve().parent.parent
+    return [name for name in SERVICES if (root / name / "__main__.py").exists()]
+
+
+def _minio_endpoint() -> tuple[str, bool]:
+    """MINIO_ENDPOINT as host:port plus whether to use TLS: https:// means secure, http:// or none not."""
+    raw = _env("MINIO_ENDPOINT")
+    scheme, sep, rest = raw.partition("://")
+    if not sep:
+        return raw.rstrip("/"), False
+    if scheme not in ("http", "https"):
+        raise ConfigError(f"MINIO_ENDPOINT must be host:port or http(s)://host:port, got {raw!r}")
+    return rest.rstrip("/"), scheme == "https"
+
+
 def load_settings(service: str) -> Settings:
     """Reads the environment for `service` ("edge" or one of SERVICES)."""
     if service != "edge" and service not in SERVICES:
@@ -115,6 +148,7 @@ def load_settings(service: str) -> Settings:
         )
         for name, port in SERVICES.items()
     }
+    minio_endpoint, minio_secure = _minio_endpoint()
     return Settings(
         service=service,
         host=host,
@@ -138,6 +172,19 @@ def load_settings(service: str) -> Settings:
         query_timeout_ms=_int("LAUNCHPAD_QUERY_TIMEOUT_MS", 30000),
         query_max_rows=_int("LAUNCHPAD_QUERY_MAX_ROWS", 10000),
         query_max_bytes=_int("LAUNCHPAD_QUERY_MAX_BYTES", 4 * 1024 * 1024),
+        vault_addr=_env("VAULT_ADDR"),
+        vault_token=_env("VAULT_TOKEN"),
+        vault_transit_key=_env("VAULT_TRANSIT_KEY", "launchpad-wpk"),
+        cosign_key_path=Path(_env("COSIGN_KEY_PATH")) if _env("COSIGN_KEY_PATH") else None,
+        cosign_password=os.environ.get("COSIGN_PASSWORD", ""),  # not stripped: spaces may be part of it
         addresses=addresses,
-        backends=_list("LAUNCHPAD_BACKENDS", "data,auth"),
+        backends=_list("LAUNCHPAD_BACKENDS", ",".join(built_services())),
+        runtime_agent_url=_env("RUNTIME_AGENT_URL"),
+        minio_endpoint=minio_endpoint,
+        minio_access_key=_env("MINIO_ACCESS_KEY"),
+        minio_secret_key=_env("MINIO_SECRET_KEY"),
+        minio_secure=minio_secure,
+        max_upload_bytes=_int("LAUNCHPAD_MAX_UPLOAD_BYTES", 100 * 1024 * 1024),
+        public_url=_env("LAUNCHPAD_PUBLIC_URL", "http://127.0.0.1:8001").rstrip("/"),
+        storage_url_secret=_env("LAUNCHPAD_STORAGE_URL_SECRET"),
     )

@@ -186,10 +186,14 @@ async def test_answers_are_shared_for_a_second(settings_env: Any, monkeypatch: p
 
 
 def test_backends_come_from_launchpad_backends(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.core.config import load_settings
+    from services.core.config import SERVICES, load_settings
+    from services.launcher import built_services
 
     monkeypatch.delenv("LAUNCHPAD_BACKENDS", raising=False)
-    assert load_settings("edge").backends == ("data", "auth")
+    # The default: every service that exists as a server (services/<name>/__main__.py), in port order.
+    default = load_settings("edge").backends
+    assert default == tuple(built_services()) and {"data", "auth", "storage"} <= set(default)
+    assert list(default) == [name for name in SERVICES if name in default]
     monkeypatch.setenv("LAUNCHPAD_BACKENDS", " data, auth ,storage,")
     assert load_settings("edge").backends == ("data", "auth", "storage")
 
