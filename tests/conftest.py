@@ -62,3 +62,11 @@ def pg_dsn(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def redis_url() -> str:
     """A real Redis URL (REDIS_URL); skips when unset, fails under LAUNCHPAD_REQUIRE_LIVE=1."""
     return LIVE_ENV["REDIS_URL"] or need_env("REDIS_URL")
+
+
+@pytest.fixture
+def s3_env(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A real S3 endpoint (MINIO_ENDPOINT and keys), set in the isolated environment; skips when unset."""
+    for name in ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
+        monkeypatch.setenv(name, LIVE_ENV[name] or need_env(name))
+    return LIVE_ENV["MINIO_ENDPOINT"]

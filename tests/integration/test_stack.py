@@ -191,6 +191,8 @@ def _artifact_bytes(stack: Stack, storage_path: str, monkeypatch: pytest.MonkeyP
 
     bucket, _, key = storage_path.partition("/")
     monkeypatch.setenv("LAUNCHPAD_DATA_DIR", stack.env["LAUNCHPAD_DATA_DIR"])
+    for name in ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):  # the stack runs embedded
+        monkeypatch.delenv(name, raising=False)
     settings = load_settings("deploy")
 
     async def read() -> bytes:

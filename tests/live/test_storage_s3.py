@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +19,7 @@ from services.core.config import load_settings
 from services.core.deps import Mode, Registry
 from services.core.objectstore import open_object_store
 from services.storage.servicer import build
-from tests.support import make_token, metadata, need_env, running_service
+from tests.support import make_token, metadata, running_service
 
 
 class Live:
@@ -35,9 +34,7 @@ class Live:
 
 
 @pytest.fixture
-async def live(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Live]:
-    for name in ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
-        need_env(name)
+async def live(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Live]:
     monkeypatch.setenv("SIMULATION_MODE", "false")  # S3 or nothing: never the folder store
     async with running_service("storage", build) as (runtime, channel):
         stub = storage_pb2_grpc.StorageServiceStub(channel)
@@ -86,8 +83,7 @@ async def test_s3_refuses_tampered_wrong_method_and_expired_urls(live: Live) -> 
         assert (await http.get(get)).content == b"original"
 
 
-async def test_the_object_store_puts_and_gets_bytes_for_other_services(settings_env: Path) -> None:
-    need_env("MINIO_ENDPOINT")
+async def test_the_object_store_puts_and_gets_bytes_for_other_services(s3_env: str) -> None:
     deps = Registry()
     store = await open_object_store(load_settings("deploy"), deps)
     try:
