@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
+from services.core.config import SERVICES
 from services.launcher import ROOT, Stack
 
 PASSWORD = "bench-password-123"
@@ -53,8 +54,8 @@ def _env(data_dir: Path) -> dict[str, str]:
         LAUNCHPAD_RATE_LIMIT_PER_MINUTE="100000000",
         LAUNCHPAD_RATE_LIMIT_IP_PER_MINUTE="100000000",
     )
-    for name, port in (("data", 11), ("auth", 12)):
-        env[f"LAUNCHPAD_{name.upper()}_PORT"] = str(BASE_PORT + port)
+    for name, port in SERVICES.items():  # every built service on an uncommon port, beside `make up`
+        env[f"LAUNCHPAD_{name.upper()}_PORT"] = str(BASE_PORT + port - 8000)
     return env
 
 

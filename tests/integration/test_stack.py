@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from services.auth.ratelimit import CLIENT_FACTOR
+from services.core.config import SERVICES
 from services.launcher import Stack
 
 PASSWORD = "integration-pw-1"
@@ -44,10 +45,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         LAUNCHPAD_ADMIN_PASSWORD=PASSWORD,
         LAUNCHPAD_LOGIN_ATTEMPTS_PER_MINUTE=str(LOGIN_LIMIT),
         LAUNCHPAD_EDGE_PORT=str(BASE_PORT + 1),
-        LAUNCHPAD_DATA_PORT=str(BASE_PORT + 11),
-        LAUNCHPAD_AUTH_PORT=str(BASE_PORT + 12),
-        LAUNCHPAD_STORAGE_PORT=str(BASE_PORT + 13),
-        LAUNCHPAD_DEPLOY_PORT=str(BASE_PORT + 14),
+        # every built service on an uncommon port, beside `make up`
+        **{f"LAUNCHPAD_{name.upper()}_PORT": str(BASE_PORT + port - 8000) for name, port in SERVICES.items()},
         LAUNCHPAD_PUBLIC_URL=f"http://127.0.0.1:{BASE_PORT + 1}",
     )
     running = Stack(env)
