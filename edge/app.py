@@ -23,7 +23,7 @@ from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.clients import Backends, JwksSource, make_verifier
-from edge.errors import error_response, request_id_of
+from edge.errors import ResponseTracker, error_response, request_id_of
 from edge.health import (
     HealthChecker,
     HealthEndpoint,
@@ -146,19 +146,13 @@ class ErrorGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracking_send = ResponseTracker(send)
         try:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:
             request_id = request_id_of(scope)
             log.error("edge: unhandled error", exc_info=exc, extra={"request_id": request_id})
-            if not started:
+            if not tracking_send.started:
                 response = error_response(
                     Code.INTERNAL, f"internal error (request id {request_id})", request_id
                 )

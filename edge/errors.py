@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from starlette.responses import Response
-from starlette.types import Scope, Send
+from starlette.types import Message, Scope, Send
 
 from services.core.errors import Code
 
@@ -98,3 +98,15 @@ async def send_error(
         {"type": "http.response.start", "status": http_status or status_for(code), "headers": raw_headers}
     )
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class ResponseTracker:
+    """Wraps an ASGI send and remembers whether the response started: an error answer is only possible before."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge import codec
 from edge.clients import BackendCallFailed, call_metadata, client_ip
-from edge.errors import request_id_of, send_error
+from edge.errors import ResponseTracker, request_id_of, send_error
 from edge.middleware import BodyLimitMiddleware, header
 from edge.routes import EdgeContext, _query_params
 from launchpad.storage.v1 import storage_pb2
@@ -63,13 +63,7 @@ class ObjectEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope) or uuid.uuid4().hex
         metadata = call_metadata(request_id, None, None, client_ip(scope))
-        started = False
-
-        async def tracking_send(message: Any) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracking_send = ResponseTracker(send)
         try:
             if scope["method"] == "PUT":
                 await self._put(scope, receive, tracking_send, metadata)
@@ -78,7 +72,7 @@ class ObjectEndpoint:
         except ClientGone:
             return
         except grpc.aio.AioRpcError as exc:
-            if started:
+            if tracking_send.started:
                 raise  # headers are out: the server aborts the connection, the client sees a short body
             failure = BackendCallFailed(exc, "storage")
             await send_error(send, failure.code, failure.message, request_id, details=failure.detail_list)
