@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -103,3 +104,37 @@ async def running_service(
         await channel.close()
         await server.stop(None)
         await runtime.close()
+
+
+def openssl_verifies(folder: Path, public_key_pem: str, signature_b64: str, blob: bytes) -> bool:
+    """`openssl dgst -sha256 -verify` on a cosign-style signature, as a user would check one."""
+    import base64
+    import subprocess
+
+    (folder / "key.pub").write_text(public_key_pem)
+    (folder / "sig.der").write_bytes(base64.b64decode(signature_b64))
+    (folder / "artifact.tar.gz").write_bytes(blob)
+    verify = subprocess.run(
+        ["openssl", "dgst", "-sha256", "-verify", "key.pub", "-signature", "sig.der", "artifact.tar.gz"],
+        cwd=folder, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    return verify.returncode == 0 and "Verified OK" in verify.stdout
+
+
+def stored_object(storage_path: str, settings: Any) -> bytes:
+    """The bytes at "bucket/key" in the object store these settings select (embedded folder or S3)."""
+    import asyncio
+
+    from services.core.deps import Registry
+    from services.core.objectstore import open_object_store
+
+    bucket, _, key = storage_path.partition("/")
+
+    async def read() -> bytes:
+        store = await open_object_store(settings, Registry())
+        try:
+            return await store.get(bucket, key)
+        finally:
+            await store.close()
+
+    return asyncio.run(read())

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +13,9 @@ import httpx
 import pytest
 
 from services.auth.ratelimit import CLIENT_FACTOR
-from services.core.config import SERVICES
+from services.core.config import SERVICES, load_settings
 from services.launcher import Stack
+from tests.support import openssl_verifies, stored_object
 
 PASSWORD = "integration-pw-1"
 BASE_PORT = 28000
@@ -164,44 +163,16 @@ def test_wpk_pack_sign_deploy_through_the_edge(
     # Anyone can verify the signature with openssl, from the public key the API publishes.
     key = next(k for k in client.get("/api/wpk/keys").json()["keys"] if k["key_id"] == signed["key_id"])
     artifact = client.get(f"/api/wpk/artifacts/{artifact_id}", headers=admin).json()["artifact"]
-    blob = _artifact_bytes(stack, artifact["storage_path"], monkeypatch)
+    monkeypatch.setenv("LAUNCHPAD_DATA_DIR", stack.env["LAUNCHPAD_DATA_DIR"])
+    for name in ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):  # the stack runs embedded
+        monkeypatch.delenv(name, raising=False)
+    blob = stored_object(artifact["storage_path"], load_settings("deploy"))
     assert hashlib.sha256(blob).hexdigest() == sha256
-    (tmp_path / "key.pub").write_text(key["public_key_pem"])
-    (tmp_path / "sig.der").write_bytes(base64.b64decode(signed["signature"]))
-    (tmp_path / "artifact.tar.gz").write_bytes(blob)
-    verify = subprocess.run(
-        ["openssl", "dgst", "-sha256", "-verify", "key.pub", "-signature", "sig.der", "artifact.tar.gz"],
-        cwd=tmp_path, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0 and "Verified OK" in verify.stdout
+    assert openssl_verifies(tmp_path, key["public_key_pem"], signed["signature"], blob)
 
     audit = (Path(stack.env["LAUNCHPAD_DATA_DIR"]) / "audit.log").read_bytes()
     for action in ("PackWpk", "SignArtifact", "DeployArtifact"):
         assert any(action.encode() in line and sha256.encode() in line for line in audit.splitlines()), action
-
-
-def _artifact_bytes(stack: Stack, storage_path: str, monkeypatch: pytest.MonkeyPatch) -> bytes:
-    """The stored tarball, read back through the object store the deploy service wrote it with."""
-    import asyncio
-
-    from services.core.config import load_settings
-    from services.core.deps import Registry
-    from services.core.objectstore import open_object_store
-
-    bucket, _, key = storage_path.partition("/")
-    monkeypatch.setenv("LAUNCHPAD_DATA_DIR", stack.env["LAUNCHPAD_DATA_DIR"])
-    for name in ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):  # the stack runs embedded
-        monkeypatch.delenv(name, raising=False)
-    settings = load_settings("deploy")
-
-    async def read() -> bytes:
-        store = await open_object_store(settings, Registry())
-        try:
-            return await store.get(bucket, key)
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
 
 
 def test_failed_logins_are_limited_per_client_with_retry_after(client: httpx.Client) -> None:

@@ -3,11 +3,8 @@ for the artifact bytes, OpenBao transit for signing, and openssl verifying a sig
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import hashlib
 import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,11 +13,9 @@ import httpx
 import pytest
 
 from services.core.config import load_settings
-from services.core.deps import Registry
-from services.core.objectstore import open_object_store
 from services.launcher import Stack
 from tests.conftest import LIVE_ENV
-from tests.support import need_env
+from tests.support import need_env, openssl_verifies, stored_object
 
 PASSWORD = "live-stack-pw-1"
 BASE_PORT = 29000
@@ -92,29 +87,9 @@ def test_pack_sign_deploy_live_and_openssl_verifies(
     )
 
     artifact = client.get(f"/api/wpk/artifacts/{artifact_id}").json()["artifact"]
-    blob = _s3_bytes(artifact["storage_path"], live_env, monkeypatch)  # the bytes live in SeaweedFS
-    assert hashlib.sha256(blob).hexdigest() == sha256
-    key = next(k for k in client.get("/api/wpk/keys").json()["keys"] if k["key_id"] == signed["key_id"])
-    (tmp_path / "key.pub").write_text(key["public_key_pem"])
-    (tmp_path / "sig.der").write_bytes(base64.b64decode(signed["signature"]))
-    (tmp_path / "artifact.tar.gz").write_bytes(blob)
-    verify = subprocess.run(
-        ["openssl", "dgst", "-sha256", "-verify", "key.pub", "-signature", "sig.der", "artifact.tar.gz"],
-        cwd=tmp_path, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert verify.returncode == 0 and "Verified OK" in verify.stdout, verify.stderr
-
-
-def _s3_bytes(storage_path: str, live_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> bytes:
     for name, value in live_env.items():
         monkeypatch.setenv(name, value)
-    bucket, _, key = storage_path.partition("/")
-
-    async def read() -> bytes:
-        store = await open_object_store(load_settings("deploy"), Registry())
-        try:
-            return await store.get(bucket, key)
-        finally:
-            await store.close()
-
-    return asyncio.run(read())
+    blob = stored_object(artifact["storage_path"], load_settings("deploy"))  # the bytes live in SeaweedFS
+    assert hashlib.sha256(blob).hexdigest() == sha256
+    key = next(k for k in client.get("/api/wpk/keys").json()["keys"] if k["key_id"] == signed["key_id"])
+    assert openssl_verifies(tmp_path, key["public_key_pem"], signed["signature"], blob)
