@@ -23,6 +23,9 @@ _ISOLATED = (
     "COSIGN_KEY_PATH",
     "COSIGN_PASSWORD",
     "RUNTIME_AGENT_URL",
+    "KAFKA_URL",
+    "LOKI_URL",
+    "PROM_URL",
 )
 # The real servers CI configured, read before any test isolates the environment.
 LIVE_ENV = {
@@ -35,6 +38,7 @@ LIVE_ENV = {
         "MINIO_SECRET_KEY",
         "VAULT_ADDR",
         "VAULT_TOKEN",
+        "PROM_URL",
     )
 }
 

@@ -87,6 +87,10 @@ class Settings:
     cosign_key_path: Path | None = None
     cosign_password: str = ""
     runtime_agent_url: str = ""  # the runtime agent's base URL (POST /execute); unset: in-process agent
+    kafka_url: str = ""  # realtime: Kafka bootstrap servers (host:port[,host:port]); unset: no Kafka
+    realtime_history: int = 1000  # realtime: messages kept per tenant topic for offset recovery
+    loki_url: str = ""  # LOKI_URL: the logs service queries Loki; unset: the services' own JSON logs
+    prom_url: str = ""  # PROM_URL: the metrics proxy queries Prometheus; unset: synthetic series
     addresses: dict[str, str] = field(default_factory=dict)
     # The services that exist as servers: the edge's /health checks these (later issues add theirs).
     backends: tuple[str, ...] = ("data", "auth")
@@ -180,6 +184,10 @@ def load_settings(service: str) -> Settings:
         addresses=addresses,
         backends=_list("LAUNCHPAD_BACKENDS", ",".join(built_services())),
         runtime_agent_url=_env("RUNTIME_AGENT_URL"),
+        kafka_url=_env("KAFKA_URL"),
+        realtime_history=_int("LAUNCHPAD_REALTIME_HISTORY", 1000),
+        loki_url=_env("LOKI_URL").rstrip("/"),
+        prom_url=_env("PROM_URL").rstrip("/"),
         minio_endpoint=minio_endpoint,
         minio_access_key=_env("MINIO_ACCESS_KEY"),
         minio_secret_key=_env("MINIO_SECRET_KEY"),

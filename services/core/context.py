@@ -85,6 +85,12 @@ def reset_call(token: contextvars.Token) -> None:
     _current.reset(token)
 
 
+def current_tenant() -> str:
+    """The tenant of the RPC being served, "" outside one or for public RPCs (logs carry it)."""
+    call = _current.get()
+    return call.tenant if call else ""
+
+
 def current_request_id() -> str:
     call = _current.get()
     return call.request_id if call else ""

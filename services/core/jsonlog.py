@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from services.core.context import current_request_id
+from services.core.context import current_request_id, current_tenant
 
 _STD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -30,6 +30,7 @@ class JsonFormatter(logging.Formatter):
             "service": self._service,
             "logger": record.name,
             "request_id": getattr(record, "request_id", "") or current_request_id(),
+            "tenant": current_tenant(),  # the logs service scopes lines by it
             "message": record.getMessage(),
         }
         entry.update({k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and k != "request_id"})

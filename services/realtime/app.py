@@ -1,0 +1,51 @@
+"""Wires the realtime service: the backend deps.select_mode picks (Redis Streams or the embedded broker)."""
+
+from __future__ import annotations
+
+from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
+from services.core.config import Settings
+from services.core.deps import Mode, Registry, select_mode
+from services.core.server import Runtime, ServiceSpec
+from services.realtime.backends import Backend, MemoryBackend, RedisBackend
+from services.realtime.hub import Hub
+from services.realtime.servicer import RealtimeServicer
+
+REMEDIATION = "set REDIS_URL so several realtime replicas share topics, history and recovery"
+
+
+async def open_backend(settings: Settings, deps: Registry) -> Backend:
+    """REDIS_URL -> Redis Streams (live), else the in-process broker (embedded, or fallback when down)."""
+    client = None
+    reachable = False
+    if settings.redis_url and settings.simulation_mode is not True:
+        import redis.asyncio as redis
+
+        # socket_timeout above the follower's XREAD BLOCK time, or every idle follow would time out.
+        client = redis.from_url(settings.redis_url, socket_timeout=15, socket_connect_timeout=2)
+        try:
+            reachable = bool(await client.ping())
+        except Exception:
+            reachable = False
+    mode = select_mode(settings.simulation_mode, bool(settings.redis_url), reachable)
+    if mode is Mode.LIVE and client is not None:
+        deps.add("redis", mode, settings.redis_url, detail="streams, MAXLEN ~history", check=client.ping)
+        return RedisBackend(client, settings.realtime_history)
+    if client is not None:
+        await client.aclose()
+    deps.add("redis", mode, "in-process", required=False, remediation=REMEDIATION)
+    return MemoryBackend(settings.realtime_history)
+
+
+async def build(runtime: Runtime) -> list[ServiceSpec]:
+    backend = await open_backend(runtime.settings, runtime.deps)
+    hub = Hub(backend)
+    hub.start()
+    runtime.closers.append(backend.close)
+    runtime.closers.append(hub.close)  # closers run in reverse: the hub stops before the backend closes
+    runtime.log.info("realtime ready", extra={"backend": backend.name})
+    descriptor = realtime_pb2.DESCRIPTOR.services_by_name["RealtimeService"]
+    return [
+        ServiceSpec(
+            descriptor, RealtimeServicer(hub), realtime_pb2_grpc.add_RealtimeServiceServicer_to_server
+        )
+    ]

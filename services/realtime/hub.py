@@ -1,0 +1,233 @@
+"""Local fan-out: one follower per channel this process has subscribers for, bounded queues per connection.
+
+Backpressure rule (the documented one): every connection has a bounded frame queue (QUEUE_LIMIT frames).
+Fan-out never waits for a client. When a frame finds the queue full, that client is the slow one: its queue is
+dropped, it is unsubscribed from everything at once, `realtime_slow_client_disconnects_total` goes up, and its
+stream ends with RESOURCE_EXHAUSTED (the edge sends an error frame with that code and closes 1013) -- as soon
+as its transport takes the next write, or when it goes away. Other clients are never slowed: they have their
+own queues and the follower only appends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from google.protobuf import struct_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter, Gauge
+
+from launchpad.realtime.v1 import realtime_pb2
+from services.core.errors import ResourceExhausted, ServiceError
+from services.realtime.backends import Backend, Entry, now_ms
+
+log = logging.getLogger("launchpad.realtime")
+
+QUEUE_LIMIT = 256
+HEARTBEAT_TOPIC = "naksha.telemetry"
+HEARTBEAT_S = 1.0
+QUIET_S = 2.0  # a heartbeat only when nothing real was published on the channel for this long
+
+PUBLISHED = Counter("realtime_messages_published_total", "Messages published", ["backend"])
+DELIVERED = Counter("realtime_messages_delivered_total", "Message frames queued for clients", ["synthetic"])
+CONNECTIONS = Gauge("realtime_connections", "Open realtime streams")
+SLOW_DISCONNECTS = Counter(
+    "realtime_slow_client_disconnects_total", "Clients disconnected because their queue was full"
+)
+_DELIVERED_REAL, _DELIVERED_SYNTHETIC = DELIVERED.labels("false"), DELIVERED.labels("true")
+
+
+def timestamp(ms: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+class Connection:
+    """One client's outbox: a bounded deque plus the reason the stream must end, if any."""
+
+    def __init__(self, on_overflow: Callable[[Connection], None], limit: int | None = None) -> None:
+        self.frames: deque[realtime_pb2.ConnectResponse] = deque()
+        self.limit = QUEUE_LIMIT if limit is None else limit
+        self.subscriptions: dict[str, Subscription] = {}
+        self.failure: ServiceError | BaseException | None = None
+        self.ended = False
+        self._wakeup = asyncio.Event()
+        self._on_overflow = on_overflow
+
+    def offer(self, frame: realtime_pb2.ConnectResponse) -> None:
+        if self.failure is not None or self.ended:
+            return
+        if len(self.frames) >= self.limit:
+            self.frames.clear()
+            SLOW_DISCONNECTS.inc()
+            self.fail(ResourceExhausted(f"slow client: more than {self.limit} frames waiting; reconnect"))
+            self._on_overflow(self)
+            return
+        self.frames.append(frame)
+        self._wakeup.set()
+
+    def fail(self, failure: ServiceError | BaseException) -> None:
+        if self.failure is None:
+            self.failure = failure
+        self._wakeup.set()
+
+    def end(self) -> None:
+        self.ended = True
+        self._wakeup.set()
+
+    async def next(self, timeout: float | None) -> realtime_pb2.ConnectResponse | None:
+        """The next frame; None when the stream ends normally; raises the failure; TimeoutError on timeout."""
+        while True:
+            if self.failure is not None:
+                raise self.failure
+            if self.frames:
+                return self.frames.popleft()
+            if self.ended:
+                return None
+            self._wakeup.clear()
+            await asyncio.wait_for(self._wakeup.wait(), timeout)
+
+
+class Subscription:
+    """One connection on one channel: delivers each offset once, in order; buffers while recovering."""
+
+    def __init__(self, conn: Connection, topic: str, channel: str) -> None:
+        self.conn, self.topic, self.channel = conn, topic, channel
+        self.epoch = ""
+        self.last = 0
+        self.pending: list[Entry] | None = []  # live entries that arrive while the history is read
+
+    def deliver(self, entry: Entry) -> None:
+        if self.pending is not None:
+            self.pending.append(entry)
+            return
+        if entry.offset <= self.last:
+            return  # already delivered (history and live overlap)
+        self.last = entry.offset
+        message = struct_pb2.Value()
+        message.ParseFromString(entry.payload)
+        _DELIVERED_REAL.inc()
+        self.conn.offer(
+            realtime_pb2.ConnectResponse(
+                type="message",
+                topic=self.topic,
+                message=message,
+                offset=entry.offset,
+                epoch=self.epoch,
+                timestamp=timestamp(entry.timestamp_ms),
+            )
+        )
+
+    def start(self, replay: list[Entry]) -> None:
+        """Replays `replay`, then whatever arrived meanwhile, and goes live."""
+        pending, self.pending = self.pending or [], None
+        for entry in [*replay, *pending]:
+            self.deliver(entry)
+
+
+class Hub:
+    """Channels with local subscribers, one follower task each, and the heartbeat loop."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._subs: dict[str, set[Subscription]] = {}
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._last_real: dict[str, float] = {}
+        self._started = time.monotonic()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._heartbeat = asyncio.create_task(self._beat())
+
+    async def attach(self, sub: Subscription) -> None:
+        subs = self._subs.setdefault(sub.channel, set())
+        subs.add(sub)
+        if sub.channel not in self._followers:
+            _, top = await self.backend.top(sub.channel)
+            if sub.channel not in self._followers and sub in subs:  # another attach may have won the race
+                self._followers[sub.channel] = asyncio.create_task(self._follow(sub.channel, top))
+
+    def detach(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.channel)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if not subs:
+            del self._subs[sub.channel]
+            self._last_real.pop(sub.channel, None)
+            follower = self._followers.pop(sub.channel, None)
+            if follower is not None:
+                follower.cancel()
+
+    def drop(self, conn: Connection) -> None:
+        for sub in conn.subscriptions.values():
+            self.detach(sub)
+        conn.subscriptions.clear()
+
+    async def _follow(self, channel: str, after: int) -> None:
+        try:
+            async for entry in self.backend.follow(channel, after):
+                self._last_real[channel] = time.monotonic()
+                for sub in list(self._subs.get(channel, ())):
+                    sub.deliver(entry)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("realtime: follower of %s failed", channel)
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            with contextlib.suppress(Exception):
+                self._heartbeats()
+
+    def _heartbeats(self) -> None:
+        now = time.monotonic()
+        for channel, subs in list(self._subs.items()):
+            if not channel.endswith("/" + HEARTBEAT_TOPIC) or now - self._last_real.get(channel, 0) < QUIET_S:
+                continue
+            message = self._telemetry(len(subs))
+            stamp = timestamp(now_ms())
+            for sub in list(subs):
+                if sub.pending is not None:
+                    continue
+                _DELIVERED_SYNTHETIC.inc()
+                sub.conn.offer(
+                    realtime_pb2.ConnectResponse(
+                        type="message",
+                        topic=sub.topic,
+                        message=message,
+                        offset=sub.last,
+                        epoch=sub.epoch,
+                        timestamp=stamp,
+                        synthetic=True,
+                    )
+                )
+
+    def _telemetry(self, subscribers: int) -> struct_pb2.Value:
+        """The heartbeat body: this process's own live figures, nothing invented."""
+        body: dict[str, Any] = {
+            "kind": "heartbeat",
+            "source": "realtime",
+            "backend": self.backend.name,
+            "uptime_s": round(time.monotonic() - self._started, 1),
+            "connections": int(CONNECTIONS._value.get()),
+            "subscribers": subscribers,
+            "channels": len(self._subs),
+        }
+        value = struct_pb2.Value()
+        value.struct_value.update(body)
+        return value
+
+    async def close(self) -> None:
+        tasks = [*self._followers.values(), *([self._heartbeat] if self._heartbeat else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._followers.clear()
