@@ -39,6 +39,7 @@ LIVE_ENV = {
         "VAULT_ADDR",
         "VAULT_TOKEN",
         "PROM_URL",
+        "KAFKA_URL",
     )
 }
 

@@ -6,6 +6,7 @@ its own message only after presenting the right password, so it reveals nothing 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 
 from services.auth.keys import IssuedToken, KeyRing
@@ -17,6 +18,8 @@ from services.core.errors import Unauthenticated
 
 BAD_CREDENTIALS = "invalid username or password"
 MAX_USERNAME = 128
+
+log = logging.getLogger("launchpad.auth.login")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +62,8 @@ class Authenticator:
             self._limiter.release(reservation)
             raise
         if not matched or user is None:
+            # A security event, not per-request logging: failed logins are what an operator searches for.
+            log.warning("failed login", extra={"username": username, "client": client})
             raise Unauthenticated(BAD_CREDENTIALS)
         self._limiter.release(reservation)
         if user.disabled:

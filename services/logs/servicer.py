@@ -31,7 +31,7 @@ def parse_time(value: str, name: str) -> int | None:
         if value.isdigit() and len(value) >= 19:
             return int(value)
         return int(float(value) * 1_000_000_000)
-    except ValueError:
+    except (ValueError, OverflowError):  # "1e400" is inf: int() overflows
         pass
     try:
         return parse_ts(value)

@@ -21,13 +21,15 @@ from typing import Any
 
 import httpx
 import orjson
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosedError, InvalidStatus, WebSocketException
 
 from services.core.blocking import Blocking
 from services.core.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
 from services.logs.logql import Selector
 
 TAIL_POLL_S = 0.25
-LIVE_TAIL_POLL_S = 1.0
+LOKI_TAIL_LIMIT = 100  # Loki's own default for /tail
 _CHUNK = 64 * 1024
 _NOT_LABELS = frozenset({"ts", "message", "exc"})
 
@@ -244,14 +246,32 @@ class LokiLogs:
         return entries[: window.limit]
 
     async def tail(self, selector: Selector, scope: str | None) -> AsyncIterator[Entry]:
-        """Polls query_range forward from the newest line seen (Loki's /tail is a WebSocket; this is simpler)."""
-        last = time.time_ns()
-        while True:
-            await asyncio.sleep(LIVE_TAIL_POLL_S)
-            window = Window(selector, last + 1, time.time_ns(), 5000, False, scope)
-            for entry in await self.query(window):
-                last = max(last, entry.ts_ns)
-                yield entry
+        """Loki's /loki/api/v1/tail WebSocket from now on; Loki applies the selector and the tenant header."""
+        params = {"query": selector.render(), "limit": str(LOKI_TAIL_LIMIT), "start": str(time.time_ns())}
+        base = httpx.URL(self.url)
+        url = base.copy_with(scheme=self._ws_scheme(), path=base.path.rstrip("/") + "/loki/api/v1/tail")
+        headers = {"X-Scope-OrgID": scope or "default"}
+        try:
+            # proxy=None: Loki is reached directly, as the query_range client does.
+            async with ws_connect(
+                str(url.copy_merge_params(params)), additional_headers=headers, proxy=None
+            ) as ws:
+                async for message in ws:
+                    for entry in _tail_entries(message):
+                        yield entry
+        except InvalidStatus as exc:
+            raise self._refused(exc.response.status_code, exc.response.body or b"") from None
+        except (OSError, TimeoutError, ConnectionClosedError, WebSocketException) as exc:
+            raise Unavailable(f"Loki tail at {self.url} failed: {type(exc).__name__}") from None
+
+    def _ws_scheme(self) -> str:
+        return "wss" if self.url.startswith("https") else "ws"
+
+    def _refused(self, status: int, body: bytes) -> ServiceError:
+        text = body.decode("utf-8", "replace").strip()
+        if status == 400:
+            return InvalidArgument(f"Loki refused the query: {text[:500]}")
+        return ServiceError(f"Loki answered HTTP {status}: {text[:300]}", code=Unavailable.code)
 
     async def _get(self, path: str, params: dict[str, str], scope: str | None) -> dict[str, Any]:
         headers = {"X-Scope-OrgID": scope or "default"}
@@ -261,14 +281,24 @@ class LokiLogs:
             raise DeadlineExceeded(f"Loki at {self.url} did not answer in time") from None
         except httpx.HTTPError as exc:
             raise Unavailable(f"Loki at {self.url} is unreachable: {type(exc).__name__}") from None
-        if response.status_code == 400:
-            raise InvalidArgument(f"Loki refused the query: {response.text.strip()[:500]}")
         if response.status_code >= 400:
-            raise ServiceError(
-                f"Loki answered HTTP {response.status_code}: {response.text.strip()[:300]}",
-                code=Unavailable.code,
-            )
+            raise self._refused(response.status_code, response.content)
         return response.json()
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+def _tail_entries(message: str | bytes) -> list[Entry]:
+    """One /tail message: {"streams": [{"stream": {labels}, "values": [[ns, line]]}], "dropped_entries": [...]}.
+
+    Dropped entries are ones Loki could not send fast enough; it reports only their labels and timestamps, so
+    there is nothing to show for them.
+    """
+    body = orjson.loads(message)
+    return [
+        entry
+        for stream in body.get("streams") or []
+        for ts, line in stream.get("values", [])
+        if (entry := entry_from_json(line, int(ts), stream.get("stream") or {})) is not None
+    ]

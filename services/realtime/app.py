@@ -1,4 +1,8 @@
-"""Wires the realtime service: the backend deps.select_mode picks (Redis Streams or the embedded broker)."""
+"""Wires the realtime service: the backend deps.select_mode picks (Kafka, Redis Streams or embedded).
+
+KAFKA_URL wins when set (REDIS_URL is then not used by realtime: one backend per deployment, so every
+replica must agree); else REDIS_URL; else the in-process broker.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,45 @@ from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.core.config import Settings
 from services.core.deps import Mode, Registry, select_mode
 from services.core.server import Runtime, ServiceSpec
-from services.realtime.backends import Backend, MemoryBackend, RedisBackend
+from services.realtime.backends import Backend, KafkaBackend, MemoryBackend, RedisBackend
 from services.realtime.hub import Hub
 from services.realtime.servicer import RealtimeServicer
 
 REMEDIATION = "set REDIS_URL so several realtime replicas share topics, history and recovery"
+KAFKA_REMEDIATION = "start the Kafka broker at KAFKA_URL so realtime replicas share topics and history"
+
+
+async def open_kafka(settings: Settings, deps: Registry) -> Backend:
+    """KAFKA_URL -> a topic per channel (live); down at start: fallback, or live and unhealthy when
+    SIMULATION_MODE=false (publishes then fail with UNAVAILABLE instead of going somewhere else)."""
+    backend = None
+    reachable = False
+    detail = ""
+    if settings.simulation_mode is not True:
+        backend = KafkaBackend(settings.kafka_url, settings.realtime_history)
+        try:
+            await backend.ping()
+            reachable = True
+        except Exception as exc:
+            detail = f"{type(exc).__name__}: {exc}"[:300]
+    mode = select_mode(settings.simulation_mode, True, reachable)
+    if mode is Mode.LIVE and backend is not None:
+        dep = deps.add("kafka", mode, settings.kafka_url, detail="one topic per channel", check=backend.ping)
+        if not reachable:
+            deps.mark("kafka", False, detail)
+        dep.remediation = KAFKA_REMEDIATION
+        return backend
+    if backend is not None:
+        await backend.close()
+    deps.add("kafka", mode, "in-process", required=False, detail=detail, remediation=KAFKA_REMEDIATION)
+    return MemoryBackend(settings.realtime_history)
 
 
 async def open_backend(settings: Settings, deps: Registry) -> Backend:
-    """REDIS_URL -> Redis Streams (live), else the in-process broker (embedded, or fallback when down)."""
+    """KAFKA_URL -> Kafka; REDIS_URL -> Redis Streams (live); else the in-process broker (embedded, or
+    fallback when down)."""
+    if settings.kafka_url:
+        return await open_kafka(settings, deps)
     client = None
     reachable = False
     if settings.redis_url and settings.simulation_mode is not True:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from tests.support import openssl_verifies, stored_object
 
 PASSWORD = "integration-pw-1"
 BASE_PORT = 28000
+OTHER_CLIENT = "127.0.0.2"  # another client address on the loopback
 LOGIN_LIMIT = 4  # failed logins per user and address a minute; an address gets CLIENT_FACTOR times that
 
 
@@ -36,6 +38,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "VAULT_TOKEN",
         "COSIGN_KEY_PATH",
         "RUNTIME_AGENT_URL",
+        "KAFKA_URL",
+        "LOKI_URL",
+        "PROM_URL",
     )
     env = {k: v for k, v in os.environ.items() if k not in live}
     env.update(
@@ -173,6 +178,83 @@ def test_wpk_pack_sign_deploy_through_the_edge(
     audit = (Path(stack.env["LAUNCHPAD_DATA_DIR"]) / "audit.log").read_bytes()
     for action in ("PackWpk", "SignArtifact", "DeployArtifact"):
         assert any(action.encode() in line and sha256.encode() in line for line in audit.splitlines()), action
+
+
+def fail_a_login(stack: Stack, request_id: str) -> None:
+    """A failed login: the auth service logs it (a warning carrying the request id). Sent from 127.0.0.2 so it
+    does not spend 127.0.0.1's failed-login budget, which test_failed_logins_... counts exactly."""
+    transport = httpx.HTTPTransport(local_address=OTHER_CLIENT)
+    with httpx.Client(base_url=stack.edge_url, transport=transport, timeout=15) as other:
+        response = other.post(
+            "/auth/login",
+            json={"username": f"ghost-{uuid.uuid4().hex[:8]}", "password": "wrong-password"},
+            headers={"x-request-id": request_id},
+        )
+    assert response.status_code == 401, response.text
+
+
+def test_logs_query_finds_a_request_by_its_request_id(
+    stack: Stack, client: httpx.Client, admin: dict[str, str]
+) -> None:
+    request_id = f"logs-probe-{uuid.uuid4().hex}"
+    fail_a_login(stack, request_id)
+    body = {"query": f'{{service="auth"}} |= "{request_id}"', "limit": 10}
+    deadline = time.monotonic() + 3  # services write their logs asynchronously
+    while True:
+        response = client.post("/api/logs/query", json=body, headers=admin)
+        assert response.status_code == 200, response.text
+        entries = response.json()["entries"]
+        if entries or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert response.json()["mode"] == "embedded"
+    assert [(e["request_id"], e["service"], e["level"], e["message"]) for e in entries] == [
+        (request_id, "auth", "warning", "failed login")
+    ]
+
+
+def test_logs_query_with_an_unparseable_selector_is_400_with_the_position(
+    client: httpx.Client, admin: dict[str, str]
+) -> None:
+    response = client.post("/api/logs/query", json={"query": '{service="auth"'}, headers=admin)
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] == 3 and "position 15:" in response.json()["message"]
+
+
+async def test_logs_tail_websocket_receives_a_new_line(stack: Stack, admin: dict[str, str]) -> None:
+    import asyncio
+
+    import orjson
+    from websockets.asyncio.client import connect
+
+    token = admin["Authorization"].removeprefix("Bearer ")
+    url = stack.edge_url.replace("http://", "ws://") + f"/ws/logs?token={token}&query={{service=%22auth%22}}"
+    request_id = f"tail-probe-{uuid.uuid4().hex}"
+    async with connect(url) as ws:
+        await asyncio.sleep(1)  # the tail positions itself at the files' ends before it follows them
+        await asyncio.to_thread(fail_a_login, stack, request_id)
+        while True:
+            frame = orjson.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert "error" not in frame, frame
+            if frame["entry"]["request_id"] == request_id:
+                break
+    assert (frame["entry"]["service"], frame["entry"]["message"]) == ("auth", "failed login")
+
+
+def test_metrics_query_has_the_prometheus_shape(client: httpx.Client, admin: dict[str, str]) -> None:
+    """No PROM_URL: synthetic series from the services' real counters (the admin's login was an auth RPC)."""
+    query = 'launchpad_rpc_requests_total{service="auth", method=~".*Login"}'
+    response = client.post("/api/metrics/query", json={"query": query}, headers=admin)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["status"] == "success" and body["synthetic"] is True
+    assert body["data"]["resultType"] == "vector"
+    result = body["data"]["result"]
+    assert result and all(set(r) == {"metric", "value"} for r in result)
+    assert {r["metric"]["__name__"] for r in result} == {"launchpad_rpc_requests_total"}
+    assert {r["metric"]["job"] for r in result} == {"auth"}
+    stamp, value = result[0]["value"]
+    assert abs(stamp - time.time()) < 60 and float(value) >= 1
 
 
 def test_failed_logins_are_limited_per_client_with_retry_after(client: httpx.Client) -> None:

@@ -31,7 +31,9 @@ def live_env() -> dict[str, str]:
 def stack(live_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("live-stack")
     env = {
-        k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "COSIGN_KEY_PATH", "RUNTIME_AGENT_URL")
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "KAFKA_URL", "COSIGN_KEY_PATH", "RUNTIME_AGENT_URL")
     }
     env.update(live_env)
     env.update(

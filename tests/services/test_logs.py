@@ -4,15 +4,19 @@ local fake Loki that serves Loki's documented query_range JSON (no Loki server i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import grpc
+import orjson
 import pytest
+from websockets.asyncio.server import serve
 
 from launchpad.logs.v1 import logs_pb2, logs_pb2_grpc
 from services.core.context import CallContext, Principal, bind_call, reset_call
@@ -181,3 +185,107 @@ async def test_live_loki_errors_map_to_statuses(settings_env: Path, monkeypatch:
                 await query(stub, ACME, query="{}")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "parse error at line 1" in (err.value.details() or "")
+
+
+@contextlib.asynccontextmanager
+async def fake_loki_tail(status: int = 101) -> AsyncIterator[tuple[str, list[Any]]]:
+    """Loki's /ready and /loki/api/v1/tail WebSocket: records each tail request, then pushes two messages, or
+    refuses the handshake with `status` (Loki answers a bad query with HTTP 400 before upgrading)."""
+    tails: list[Any] = []
+    now = time.time_ns()
+    messages = [
+        {
+            "streams": [
+                {"stream": {"service": "auth", "level": "warning"}, "values": [[str(now), "first tail"]]}
+            ]
+        },
+        {
+            "streams": [
+                {
+                    "stream": {"service": "data"},
+                    "values": [[str(now + 1), '{"level":"error","request_id":"r7","message":"second tail"}']],
+                }
+            ],
+            "dropped_entries": [{"labels": {"service": "data"}, "timestamp": str(now)}],
+        },
+    ]
+
+    def check(connection: Any, request: Any) -> Any:
+        path = urlsplit(request.path).path
+        if path == "/ready":
+            return connection.respond(200, "ready\n")
+        if path != "/loki/api/v1/tail":
+            return connection.respond(404, "not found\n")
+        tails.append(request)
+        if status != 101:
+            return connection.respond(status, "parse error at line 1, col 2: syntax error\n")
+        return None
+
+    async def handler(ws: Any) -> None:
+        for message in messages:
+            await ws.send(orjson.dumps(message).decode())
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, process_request=check) as server:
+        port = server.sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}", tails
+
+
+async def test_live_loki_tail_websocket_streams_entries(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with fake_loki_tail() as (url, tails):
+        monkeypatch.setenv("LOKI_URL", url)
+        async with running_service("logs", build) as (_runtime, channel):
+            stub = logs_pb2_grpc.LogsServiceStub(channel)
+            before = time.time_ns()
+            call = stub.Tail(
+                logs_pb2.TailRequest(query='{service=~"auth|data"}', level="error"), metadata=GLOBEX
+            )
+            got = [(await asyncio.wait_for(call.read(), 5)).entry for _ in range(2)]
+            call.cancel()
+    assert [(e.service, e.level, e.request_id, e.message) for e in got] == [
+        ("auth", "warning", "", "first tail"),  # Loki filters; the adapter passes on what Loki sends
+        ("data", "error", "r7", "second tail"),
+    ]
+    [request] = tails
+    params = {k: v[-1] for k, v in parse_qs(urlsplit(request.path).query).items()}
+    assert params["query"] == '{service=~"auth|data", level="error"}'
+    assert params["limit"] == "100" and before <= int(params["start"]) <= time.time_ns()
+    assert request.headers["X-Scope-OrgID"] == "globex"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "needle"),
+    [
+        (400, grpc.StatusCode.INVALID_ARGUMENT, "parse error at line 1"),
+        (503, grpc.StatusCode.UNAVAILABLE, "HTTP 503"),
+    ],
+)
+async def test_live_loki_tail_refusals_map_to_statuses(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch, status: int, code: grpc.StatusCode, needle: str
+) -> None:
+    async with fake_loki_tail(status) as (url, _tails):
+        monkeypatch.setenv("LOKI_URL", url)
+        async with running_service("logs", build) as (_runtime, channel):
+            call = logs_pb2_grpc.LogsServiceStub(channel).Tail(
+                logs_pb2.TailRequest(query="{}"), metadata=ACME
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(call.read(), 5)
+    assert err.value.code() == code and needle in (err.value.details() or "")
+
+
+async def test_live_loki_tail_unreachable_is_unavailable(
+    settings_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with fake_loki_tail() as (url, _tails):
+        pass  # a port that just stopped listening
+    monkeypatch.setenv("SIMULATION_MODE", "false")  # live even though Loki does not answer: no fallback
+    monkeypatch.setenv("LOKI_URL", url)
+    async with running_service("logs", build) as (runtime, channel):
+        assert runtime.deps.all()[0].mode == "live"
+        call = logs_pb2_grpc.LogsServiceStub(channel).Tail(logs_pb2.TailRequest(query="{}"), metadata=ACME)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await asyncio.wait_for(call.read(), 5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "Loki tail" in (err.value.details() or "")
