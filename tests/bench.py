@@ -26,6 +26,7 @@ import grpc
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from services.core.config import SERVICES
 from services.launcher import ROOT, Stack
+from tests import bench_realtime
 
 PASSWORD = "bench-password-123"
 BASE_PORT = 18000
@@ -180,7 +181,9 @@ def main() -> int:
         plain.wait()
         stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    return _report(many, one)
+    status = _report(many, one)
+    realtime_status = bench_realtime.main()  # its own stack (auth + realtime) and the bare websockets server
+    return status or realtime_status
 
 
 def _report(many: list[Result], one: list[Result]) -> int:
