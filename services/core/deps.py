@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -44,6 +45,19 @@ def select_mode(simulation: bool | None, configured: bool, reachable: bool) -> M
     if reachable or simulation is False:
         return Mode.LIVE
     return Mode.FALLBACK
+
+
+async def answers(check: Check, timeout_s: float | None = 5.0) -> tuple[bool, str]:
+    """Whether a dependency answers its check (within timeout_s) at start-up, and if not, why."""
+    try:
+        await asyncio.wait_for(check(), timeout_s)
+    except Exception as exc:  # any failure means "down"; the detail says why
+        return False, _why(exc)
+    return True, ""
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 _CREDENTIALS = re.compile(r"(//)([^@/]+)@")
@@ -94,7 +108,7 @@ class Registry:
             try:
                 await dep.check()
             except Exception as exc:  # any failure means "down"; the detail says why
-                dep.healthy, dep.detail = False, f"{type(exc).__name__}: {exc}"[:300]
+                dep.healthy, dep.detail = False, _why(exc)
             else:
                 dep.healthy = True
         return self.serving()

@@ -12,7 +12,6 @@ is never listed and is swept when the store opens. Hashing the key keeps any val
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import io
@@ -30,7 +29,7 @@ import orjson
 
 from services.core.blocking import Blocking
 from services.core.config import Settings
-from services.core.deps import Mode, Registry, select_mode
+from services.core.deps import Mode, Registry, answers, select_mode
 from services.core.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -579,13 +578,7 @@ async def open_object_store(settings: Settings, deps: Registry) -> ObjectStore:
     UNAVAILABLE) rather than writing objects to the data dir; auto mode falls back and says so."""
     configured = bool(settings.minio_endpoint and settings.minio_access_key and settings.minio_secret_key)
     live = S3Store(settings) if configured and settings.simulation_mode is not True else None
-    reachable = False
-    if live is not None:
-        try:
-            await asyncio.wait_for(live.ping(), timeout=10)
-            reachable = True
-        except Exception:
-            reachable = False
+    reachable = live is not None and (await answers(live.ping, timeout_s=10))[0]
     mode = select_mode(settings.simulation_mode, configured, reachable)
     if mode is Mode.LIVE and live is not None:
         deps.add("objects", Mode.LIVE, settings.minio_endpoint, detail="S3 (minio SDK)", check=live.ping)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from launchpad.logs.v1 import logs_pb2, logs_pb2_grpc
 from services.core.context import Principal, current_principal
-from services.core.deps import Mode, select_mode
+from services.core.deps import Mode, answers, select_mode
 from services.core.errors import InvalidArgument
 from services.core.server import Runtime, ServiceSpec
 from services.logs import logql
@@ -92,14 +91,8 @@ class LogsServicer(logs_pb2_grpc.LogsServiceServicer):
 async def open_source(runtime: Runtime) -> EmbeddedLogs | LokiLogs:
     settings = runtime.settings
     configured = bool(settings.loki_url) and settings.simulation_mode is not True
-    reachable = False
     loki = LokiLogs(settings.loki_url, settings.query_timeout_ms / 1000) if configured else None
-    if loki is not None:
-        try:
-            await asyncio.wait_for(loki.ping(), timeout=5)
-            reachable = True
-        except Exception:
-            reachable = False
+    reachable = loki is not None and (await answers(loki.ping))[0]
     mode = select_mode(settings.simulation_mode, configured, reachable)
     if mode is Mode.LIVE and loki is not None:
         runtime.deps.add("loki", mode, settings.loki_url, detail="Loki query_range", check=loki.ping)

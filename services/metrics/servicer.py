@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from google.protobuf.struct_pb2 import Struct
 
 from launchpad.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from services.core.context import current_principal
-from services.core.deps import Mode, select_mode
+from services.core.deps import Mode, answers, select_mode
 from services.core.errors import InvalidArgument
 from services.core.server import Runtime, ServiceSpec
 from services.metrics.embedded import EmbeddedMetrics
@@ -71,13 +70,7 @@ async def open_prom(runtime: Runtime) -> PromClient | None:
     settings = runtime.settings
     configured = bool(settings.prom_url) and settings.simulation_mode is not True
     prom = PromClient(settings.prom_url, settings.query_timeout_ms / 1000) if configured else None
-    reachable = False
-    if prom is not None:
-        try:
-            await asyncio.wait_for(prom.ping(), timeout=5)
-            reachable = True
-        except Exception:
-            reachable = False
+    reachable = prom is not None and (await answers(prom.ping))[0]
     mode = select_mode(settings.simulation_mode, configured, reachable)
     if mode is Mode.LIVE and prom is not None:
         runtime.deps.add("prometheus", mode, settings.prom_url, detail="Prometheus HTTP API", check=prom.ping)

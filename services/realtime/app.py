@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.core.config import Settings
-from services.core.deps import Mode, Registry, select_mode
+from services.core.deps import Mode, Registry, answers, select_mode
 from services.core.server import Runtime, ServiceSpec
 from services.realtime.backends import Backend, KafkaBackend, MemoryBackend, RedisBackend
 from services.realtime.hub import Hub
@@ -22,15 +22,10 @@ async def open_kafka(settings: Settings, deps: Registry) -> Backend:
     """KAFKA_URL -> a topic per channel (live); down at start: fallback, or live and unhealthy when
     SIMULATION_MODE=false (publishes then fail with UNAVAILABLE instead of going somewhere else)."""
     backend = None
-    reachable = False
-    detail = ""
+    reachable, detail = False, ""
     if settings.simulation_mode is not True:
         backend = KafkaBackend(settings.kafka_url, settings.realtime_history)
-        try:
-            await backend.ping()
-            reachable = True
-        except Exception as exc:
-            detail = f"{type(exc).__name__}: {exc}"[:300]
+        reachable, detail = await answers(backend.ping, timeout_s=None)
     mode = select_mode(settings.simulation_mode, True, reachable)
     if mode is Mode.LIVE and backend is not None:
         dep = deps.add("kafka", mode, settings.kafka_url, detail="one topic per channel", check=backend.ping)
@@ -56,10 +51,7 @@ async def open_backend(settings: Settings, deps: Registry) -> Backend:
 
         # socket_timeout above the follower's XREAD BLOCK time, or every idle follow would time out.
         client = redis.from_url(settings.redis_url, socket_timeout=15, socket_connect_timeout=2)
-        try:
-            reachable = bool(await client.ping())
-        except Exception:
-            reachable = False
+        reachable = (await answers(client.ping, timeout_s=None))[0]
     mode = select_mode(settings.simulation_mode, bool(settings.redis_url), reachable)
     if mode is Mode.LIVE and client is not None:
         deps.add("redis", mode, settings.redis_url, detail="streams, MAXLEN ~history", check=client.ping)
