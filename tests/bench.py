@@ -26,7 +26,6 @@ import grpc
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from services.core.config import SERVICES
 from services.launcher import ROOT, Stack
-from tests import bench_realtime
 
 PASSWORD = "bench-password-123"
 BASE_PORT = 18000
@@ -44,23 +43,24 @@ class Result:
     p99_ms: float
 
 
-def _env(data_dir: Path) -> dict[str, str]:
+def stack_env(data_dir: Path, base_port: int = BASE_PORT) -> dict[str, str]:
+    """The bench stacks' environment: embedded defaults, uncommon ports from base_port, no rate limits."""
     env = dict(os.environ)
     env.update(
         SIMULATION_MODE="true",
         LAUNCHPAD_DATA_DIR=str(data_dir),
         LAUNCHPAD_LOG_DIR=str(data_dir / "logs"),
         LAUNCHPAD_ADMIN_PASSWORD=PASSWORD,
-        LAUNCHPAD_EDGE_PORT=str(BASE_PORT + 1),
+        LAUNCHPAD_EDGE_PORT=str(base_port + 1),
         LAUNCHPAD_RATE_LIMIT_PER_MINUTE="100000000",
         LAUNCHPAD_RATE_LIMIT_IP_PER_MINUTE="100000000",
     )
     for name, port in SERVICES.items():  # every built service on an uncommon port, beside `make up`
-        env[f"LAUNCHPAD_{name.upper()}_PORT"] = str(BASE_PORT + port - 8000)
+        env[f"LAUNCHPAD_{name.upper()}_PORT"] = str(base_port + port - 8000)
     return env
 
 
-def _login(edge: str) -> str:
+def login(edge: str) -> str:
     body = json.dumps({"username": "admin", "password": PASSWORD}).encode()
     request = urllib.request.Request(
         f"{edge}/auth/login", body, {"Content-Type": "application/json"}, method="POST"
@@ -155,13 +155,13 @@ def _ensure_wrk() -> None:
 def main() -> int:
     _ensure_wrk()
     data_dir = Path(tempfile.mkdtemp(prefix="launchpad-bench-"))
-    env = _env(data_dir)
+    env = stack_env(data_dir)
     stack = Stack(env)
     stack.start()
     plain = _start_plain(env)
     try:
         edge = stack.edge_url
-        token = _login(edge)
+        token = login(edge)
         _check_edge_answer(edge, token)
         address = stack.address("data")
         plain_url = f"http://127.0.0.1:{PLAIN_PORT}/api/data/query"
@@ -182,6 +182,8 @@ def main() -> int:
         stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
     status = _report(many, one)
+    from tests import bench_realtime  # imported here: it reuses this module's stack helpers
+
     realtime_status = bench_realtime.main()  # its own stack (auth + realtime) and the bare websockets server
     return status or realtime_status
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import resource
 import shutil
@@ -24,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,10 +32,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 
-from services.core.config import SERVICES
 from services.launcher import ROOT, Stack
+from tests.bench import login, stack_env
 
-PASSWORD = "bench-password-123"
 BASE_PORT = 18500
 BARE_PORT = BASE_PORT + 90
 CLIENTS = int(os.environ.get("BENCH_WS_CLIENTS", "1000"))
@@ -200,31 +197,6 @@ def _start_bare() -> subprocess.Popen[bytes]:
 # ---------------------------------------------------------------- the stack
 
 
-def _env(data_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        SIMULATION_MODE="true",
-        LAUNCHPAD_DATA_DIR=str(data_dir),
-        LAUNCHPAD_LOG_DIR=str(data_dir / "logs"),
-        LAUNCHPAD_ADMIN_PASSWORD=PASSWORD,
-        LAUNCHPAD_EDGE_PORT=str(BASE_PORT + 1),
-        LAUNCHPAD_RATE_LIMIT_PER_MINUTE="100000000",
-        LAUNCHPAD_RATE_LIMIT_IP_PER_MINUTE="100000000",
-    )
-    for name, port in SERVICES.items():
-        env[f"LAUNCHPAD_{name.upper()}_PORT"] = str(BASE_PORT + port - 8000)
-    return env
-
-
-def _login(edge: str) -> str:
-    body = json.dumps({"username": "admin", "password": PASSWORD}).encode()
-    request = urllib.request.Request(
-        f"{edge}/auth/login", body, {"Content-Type": "application/json"}, method="POST"
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.load(response)["token"]
-
-
 def _raise_fd_limit(needed: int) -> None:
     """Each subscriber is a socket here and one in the server (the edge inherits this limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -238,12 +210,12 @@ def _raise_fd_limit(needed: int) -> None:
 def main() -> int:
     _raise_fd_limit(CLIENTS * 2 + 512)
     data_dir = Path(tempfile.mkdtemp(prefix="launchpad-bench-rt-"))
-    stack = Stack(_env(data_dir), services=["auth", "realtime"])
+    stack = Stack(stack_env(data_dir, BASE_PORT), services=["auth", "realtime"])
     print(f"\nrealtime fan-out: {CLIENTS} subscribers, {RATE:g} msg/s for {DURATION_S:g}s", flush=True)
     stack.start()
     bare = _start_bare()
     try:
-        token = _login(stack.edge_url)
+        token = login(stack.edge_url)
         edge_url = stack.edge_url.replace("http://", "ws://") + f"/ws/realtime?token={token}"
         bare_url = f"ws://127.0.0.1:{BARE_PORT}/"
         runs = uvloop.run(_both(edge_url, bare_url))
