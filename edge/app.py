@@ -19,11 +19,12 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route
+from starlette.routing import Match, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.clients import Backends, JwksSource, make_verifier
 from edge.errors import ResponseTracker, error_response, request_id_of
+from edge.fanout import FanoutSocket
 from edge.health import (
     HealthChecker,
     HealthEndpoint,
@@ -35,12 +36,13 @@ from edge.objects import PREFIX as OBJECTS_PREFIX
 from edge.objects import BodyLimits, object_routes, outside_uploads
 from edge.openapi import build_openapi
 from edge.ratelimit import RateLimiter, RateLimitMiddleware, make_limiter
-from edge.routes import EdgeContext, RouteTable, build_specs, contract_services, rpc_routes
+from edge.routes import EdgeContext, RouteTable, WebSocketSpec, build_specs, contract_services, rpc_routes
 from edge.waf import WafMiddleware
-from edge.websocket import websocket_routes
+from edge.websocket import WebSocketBridge
 from services.core.audit import AuditLog
 from services.core.config import Settings, load_settings
 from services.core.errors import Code
+from services.core.internal import internal_secret
 from services.core.server import VERSION
 from services.core.tokens import TokenVerifier
 
@@ -60,10 +62,12 @@ def create_app(
     limiter: RateLimiter | None = None,
     audit: Any = None,
     health_backends: list[str] | None = None,
+    relay: bool = True,
 ) -> FastAPI:
     """The edge for `settings` (load_settings("edge") by default). Keyword arguments replace parts in tests:
     `services` the contracts to expose (all of generated/ by default), `verifier` the token verifier (keys
-    from the auth service by default), `health_backends` the services /health checks (LAUNCHPAD_BACKENDS).
+    from the auth service by default), `health_backends` the services /health checks (LAUNCHPAD_BACKENDS),
+    `relay=False` serves relayed sockets with the per-socket bridge too (the bridge's own tests).
     """
     settings = settings or load_settings("edge")
     route_specs, socket_specs = build_specs(services if services is not None else contract_services())
@@ -82,7 +86,9 @@ def create_app(
         *object_routes(ctx),
     ]
     table = RouteTable([*fixed, *rpc_routes(route_specs, ctx)])
-    app.router.routes[:0] = [table, *websocket_routes(socket_specs, ctx)]  # before FastAPI's /docs routes
+    relay_secret = internal_secret(settings) if relay else None
+    sockets = _socket_routes(socket_specs, ctx, relay_secret)
+    app.router.routes[:0] = [table, *sockets]  # before FastAPI's /docs routes
     app.edge_table = table
     _add_middleware(
         app, settings, verifier, limiter or make_limiter(settings), audit or AuditLog(settings.audit_path)
@@ -90,6 +96,22 @@ def create_app(
     app.state.edge = ctx
     app.state.health = checker
     return app
+
+
+def _socket_routes(
+    specs: list[WebSocketSpec], ctx: EdgeContext, relay_secret: str | None
+) -> list[WebSocketRoute]:
+    """A socket route per streaming contract: multiplexed over the contract's relay RPC when it names one
+    (edge/fanout.py), else one backend stream per socket (edge/websocket.py)."""
+    return [
+        WebSocketRoute(
+            spec.path,
+            FanoutSocket(spec, ctx, relay_secret)
+            if relay_secret and spec.policy.websocket_relay
+            else WebSocketBridge(spec, ctx),
+        )
+        for spec in specs
+    ]
 
 
 def _check_addresses(backends: Backends, specs: list[Any]) -> None:

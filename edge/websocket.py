@@ -27,7 +27,6 @@ from typing import Any
 import grpc
 import orjson
 from prometheus_client import Gauge
-from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
@@ -35,6 +34,7 @@ from edge import codec
 from edge.clients import BackendCallFailed, call_metadata, client_ip
 from edge.errors import request_id_of
 from edge.routes import EdgeContext, WebSocketSpec
+from services.core.context import Principal
 from services.core.errors import Code, ServiceError
 
 log = logging.getLogger("launchpad.edge.ws")
@@ -79,7 +79,7 @@ class _Disconnected(Exception):
     """The client closed the socket."""
 
 
-class _Session:
+class Session:
     """One accepted socket: serialized sends, frame decoding, closing once."""
 
     def __init__(self, ws: WebSocket, request_cls: Any, decode: Any, encode: Any) -> None:
@@ -146,7 +146,7 @@ class WebSocketBridge:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ws = WebSocket(scope, receive, send)
-        session = _Session(ws, self.request_cls, self.decode, self.encode)
+        session = Session(ws, self.request_cls, self.decode, self.encode)
         request_id = request_id_of(scope) or uuid.uuid4().hex
         try:
             metadata = await self._metadata(ws, request_id)
@@ -170,9 +170,7 @@ class WebSocketBridge:
     async def _metadata(self, ws: WebSocket, request_id: str) -> tuple[tuple[str, str], ...]:
         if self.spec.policy.public:
             return call_metadata(request_id, None, None, client_ip(ws.scope))
-        token = ws.query_params.get("token")
-        authorization = f"Bearer {token}" if token else ws.headers.get("authorization")
-        principal, verified = await self.ctx.authenticate(authorization)
+        principal, verified = await authenticate_socket(self.ctx, ws)
         return call_metadata(request_id, principal, verified, client_ip(ws.scope))
 
     def _query_request(self, ws: WebSocket) -> Any:
@@ -183,7 +181,7 @@ class WebSocketBridge:
                 setter(request, ws.query_params.getlist(name))
         return request
 
-    async def _serve(self, session: _Session, metadata: Any, first: Any, request_id: str) -> None:
+    async def _serve(self, session: Session, metadata: Any, first: Any, request_id: str) -> None:
         stub = self.ctx.multicallable(self.spec.service, self.spec.method)
         try:
             if self.bidi:
@@ -201,7 +199,7 @@ class WebSocketBridge:
         else:
             await session.close(NORMAL, "stream ended")
 
-    async def _bidi(self, session: _Session, call: Any) -> None:
+    async def _bidi(self, session: Session, call: Any) -> None:
         downstream = asyncio.ensure_future(self._pump(session, call))
         upstream = asyncio.ensure_future(self._feed(session, call))
         try:
@@ -212,7 +210,7 @@ class WebSocketBridge:
         finally:
             await _stop(call, downstream, upstream)
 
-    async def _feed(self, session: _Session, call: Any) -> None:
+    async def _feed(self, session: Session, call: Any) -> None:
         while True:
             request = await session.next_request()
             try:
@@ -220,11 +218,11 @@ class WebSocketBridge:
             except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 return  # the call is over; the response side reports how it ended
 
-    async def _pump(self, session: _Session, call: Any) -> None:
+    async def _pump(self, session: Session, call: Any) -> None:
         async for response in call:
             await session.send_response(response)
 
-    async def _server_stream(self, session: _Session, stub: Any, metadata: Any, request: Any) -> None:
+    async def _server_stream(self, session: Session, stub: Any, metadata: Any, request: Any) -> None:
         base = request
         while True:
             call = stub(request, metadata=metadata, timeout=self.spec.timeout_s)
@@ -248,5 +246,9 @@ async def _stop(call: Any, *tasks: asyncio.Future[Any]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def websocket_routes(specs: list[WebSocketSpec], ctx: EdgeContext) -> list[WebSocketRoute]:
-    return [WebSocketRoute(spec.path, WebSocketBridge(spec, ctx)) for spec in specs]
+async def authenticate_socket(ctx: EdgeContext, ws: WebSocket) -> tuple[Principal, str]:
+    """The socket's verified principal and token: the `token` query parameter (browsers cannot set headers on
+    a WebSocket), else the Authorization header. Raises ServiceError (UNAUTHENTICATED) when refused."""
+    token = ws.query_params.get("token")
+    authorization = f"Bearer {token}" if token else ws.headers.get("authorization")
+    return await ctx.authenticate(authorization)

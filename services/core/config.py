@@ -103,6 +103,7 @@ class Settings:
     # The edge's address as clients see it: embedded signed URLs point there.
     public_url: str = "http://127.0.0.1:8001"
     storage_url_secret: str = ""
+    internal_secret: str = ""  # LAUNCHPAD_INTERNAL_SECRET: see services/core/internal.py
 
     @property
     def metrics_port(self) -> int:
@@ -195,4 +196,5 @@ def load_settings(service: str) -> Settings:
         max_upload_bytes=_int("LAUNCHPAD_MAX_UPLOAD_BYTES", 100 * 1024 * 1024),
         public_url=_env("LAUNCHPAD_PUBLIC_URL", "http://127.0.0.1:8001").rstrip("/"),
         storage_url_secret=_env("LAUNCHPAD_STORAGE_URL_SECRET"),
+        internal_secret=_env("LAUNCHPAD_INTERNAL_SECRET"),
     )

@@ -23,7 +23,9 @@ class MethodPolicy:
     public: bool
     roles: frozenset[str]
     write: bool
+    internal: bool  # called by Launchpad processes with the internal credential, never by clients
     websocket_path: str
+    websocket_relay: str  # the internal RPC the edge multiplexes this WebSocket's sockets over
     timeout_ms: int
 
     def allows(self, roles: tuple[str, ...]) -> bool:
@@ -37,12 +39,15 @@ def wire_name(method: MethodDescriptor) -> str:
 def method_policy(method: MethodDescriptor) -> MethodPolicy:
     options = method.GetOptions()
     access = options.Extensions[options_pb2.access]
+    websocket = options.Extensions[options_pb2.websocket]
     return MethodPolicy(
         full_name=wire_name(method),
         public=access.public,
         roles=frozenset(access.roles),
         write=access.write,
-        websocket_path=options.Extensions[options_pb2.websocket].path,
+        internal=access.internal,
+        websocket_path=websocket.path,
+        websocket_relay=websocket.relay,
         timeout_ms=options.Extensions[options_pb2.timeout_ms] or DEFAULT_TIMEOUT_MS,
     )
 

@@ -1,7 +1,8 @@
 """The service kit's server interceptor: every launchpad RPC passes the same steps, in this order.
 
 1. request id   -- `x-request-id` metadata is required (the edge always sends one).
-2. JWT          -- `authorization: Bearer` verified with tokens.py, unless the contract marks the RPC public.
+2. JWT          -- `authorization: Bearer` verified with tokens.py, unless the contract marks the RPC public;
+                   internal RPCs take the internal credential instead (services/core/internal.py).
 3. tenant       -- the principal's tenant comes from the token; a client `x-tenant-id` is ignored.
 4. roles        -- the contract's `access.roles` (and viewers never call `access.write` RPCs).
 5. handler      -- runs with a CallContext bound (services.core.context.current_call()).
@@ -24,8 +25,9 @@ from typing import Any
 import grpc
 import orjson
 
+from services.core import internal
 from services.core.audit import AuditLog
-from services.core.context import CallContext, bind_call, reset_call
+from services.core.context import CallContext, Principal, bind_call, reset_call
 from services.core.contracts import MethodPolicy
 from services.core.errors import Code, PermissionDenied, ServiceError
 from services.core.metrics import AUTH_FAILURES, MethodMetrics
@@ -34,6 +36,7 @@ from services.core.tokens import TokenVerifier
 log = logging.getLogger("launchpad.kit")
 DETAILS_KEY = "launchpad-error-details-bin"
 _MAX_REQUEST_ID = 128
+INTERNAL_CALLER = Principal(subject="launchpad-internal", tenant="", roles=())
 
 
 class CallFailed(Exception):
@@ -53,12 +56,18 @@ _STATUS_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
 class KitInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
-        self, service: str, policies: dict[str, MethodPolicy], verifier: TokenVerifier, audit: AuditLog
+        self,
+        service: str,
+        policies: dict[str, MethodPolicy],
+        verifier: TokenVerifier,
+        audit: AuditLog,
+        internal_secret: str,
     ) -> None:
         self._service = service
         self._policies = policies
         self._verifier = verifier
         self._audit = audit
+        self._internal_secret = internal_secret
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -84,6 +93,10 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
             raise ServiceError("x-request-id metadata is required", code=Code.INVALID_ARGUMENT)
         call = CallContext(request_id=request_id, method=policy.full_name)
         if policy.public:
+            return call
+        if policy.internal:
+            internal.verify(metadata.get(internal.METADATA_KEY), self._internal_secret)
+            call.principal = INTERNAL_CALLER
             return call
         call.principal = await self._verifier.verify_header(metadata.get("authorization"))
         if not policy.allows(call.principal.roles) or (policy.write and not call.principal.can_write):

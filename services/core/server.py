@@ -28,6 +28,7 @@ from services.core.config import Settings, load_settings
 from services.core.contracts import service_policies
 from services.core.deps import Registry
 from services.core.interceptors import KitInterceptor
+from services.core.internal import internal_secret
 from services.core.jsonlog import setup_logging
 from services.core.metrics import serve_metrics
 from services.core.tokens import KeyProvider, RefreshingKeys, TokenVerifier
@@ -120,7 +121,9 @@ async def create_server(
     status_descriptor = status_pb2.DESCRIPTOR.services_by_name["StatusService"]
     policies = service_policies(status_descriptor, *(spec.descriptor for spec in specs))
     server = grpc.aio.server(
-        interceptors=[KitInterceptor(settings.service, policies, verifier, runtime.audit)],
+        interceptors=[
+            KitInterceptor(settings.service, policies, verifier, runtime.audit, internal_secret(settings))
+        ],
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),

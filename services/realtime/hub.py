@@ -49,10 +49,11 @@ def timestamp(ms: int) -> Timestamp:
 
 
 class Connection:
-    """One client's outbox: a bounded deque plus the reason the stream must end, if any."""
+    """One stream's outbox (a client's, or an edge's relay): a bounded deque plus the reason the stream must
+    end, if any. Frames are ConnectResponse, or RelayResponse on a relay."""
 
     def __init__(self, on_overflow: Callable[[Connection], None], limit: int | None = None) -> None:
-        self.frames: deque[realtime_pb2.ConnectResponse] = deque()
+        self.frames: deque[Any] = deque()
         self.limit = QUEUE_LIMIT if limit is None else limit
         self.subscriptions: dict[str, Subscription] = {}
         self.failure: ServiceError | BaseException | None = None
@@ -60,7 +61,7 @@ class Connection:
         self._wakeup = asyncio.Event()
         self._on_overflow = on_overflow
 
-    def offer(self, frame: realtime_pb2.ConnectResponse) -> None:
+    def offer(self, frame: Any) -> None:
         if self.failure is not None or self.ended:
             return
         if len(self.frames) >= self.limit:
@@ -81,7 +82,7 @@ class Connection:
         self.ended = True
         self._wakeup.set()
 
-    async def next(self, timeout: float | None) -> realtime_pb2.ConnectResponse | None:
+    async def next(self, timeout: float | None) -> Any:
         """The next frame; None when the stream ends normally; raises the failure; TimeoutError on timeout."""
         while True:
             if self.failure is not None:
@@ -110,25 +111,41 @@ class Subscription:
         if entry.offset <= self.last:
             return  # already delivered (history and live overlap)
         self.last = entry.offset
-        message = struct_pb2.Value()
-        message.ParseFromString(entry.payload)
         _DELIVERED_REAL.inc()
-        self.conn.offer(
-            realtime_pb2.ConnectResponse(
-                type="message",
-                topic=self.topic,
-                message=message,
-                offset=entry.offset,
-                epoch=self.epoch,
-                timestamp=timestamp(entry.timestamp_ms),
-            )
-        )
+        self.emit(message_frame(self.topic, self.epoch, entry))
+
+    def emit(self, frame: realtime_pb2.ConnectResponse) -> None:
+        self.conn.offer(frame)
 
     def start(self, replay: list[Entry]) -> None:
         """Replays `replay`, then whatever arrived meanwhile, and goes live."""
         pending, self.pending = self.pending or [], None
         for entry in [*replay, *pending]:
             self.deliver(entry)
+
+
+class RelaySubscription(Subscription):
+    """An edge process's one subscription to a channel: frames go out tagged with the tenant."""
+
+    def __init__(self, conn: Connection, tenant: str, topic: str, channel: str) -> None:
+        super().__init__(conn, topic, channel)
+        self.tenant = tenant
+
+    def emit(self, frame: realtime_pb2.ConnectResponse) -> None:
+        self.conn.offer(realtime_pb2.RelayResponse(tenant=self.tenant, frame=frame))
+
+
+def message_frame(topic: str, epoch: str, entry: Entry) -> realtime_pb2.ConnectResponse:
+    message = struct_pb2.Value()
+    message.ParseFromString(entry.payload)
+    return realtime_pb2.ConnectResponse(
+        type="message",
+        topic=topic,
+        message=message,
+        offset=entry.offset,
+        epoch=epoch,
+        timestamp=timestamp(entry.timestamp_ms),
+    )
 
 
 class Hub:
@@ -198,7 +215,7 @@ class Hub:
                 if sub.pending is not None:
                     continue
                 _DELIVERED_SYNTHETIC.inc()
-                sub.conn.offer(
+                sub.emit(
                     realtime_pb2.ConnectResponse(
                         type="message",
                         topic=sub.topic,

@@ -5,6 +5,12 @@ publish {topic, msg}, ping. Server frames: message / subscribed / unsubscribed /
 A refused frame (bad topic, a viewer publishing) gets an error frame and the stream goes on. The stream ends
 with UNAUTHENTICATED when the caller's token expires, and with RESOURCE_EXHAUSTED for a slow client (the rule
 is in hub.py).
+
+Relay is Connect for a whole edge process (internal): one subscription per channel however many sockets the
+edge has on it, each message sent once; the edge fans out. Each socket's subscribe still comes here (topic
+checks, the starting offset, the history replay), answered by id; the replay goes out as that id's message
+frames, before its "subscribed" frame. A relay that falls RELAY_QUEUE_LIMIT frames behind is ended with
+RESOURCE_EXHAUSTED (the edge then closes its sockets 1013 and they recover by offset).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 
 from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
-from services.core.context import Principal, current_principal
+from services.core.context import TENANT_NAME, Principal, current_principal
 from services.core.errors import (
     InvalidArgument,
     PermissionDenied,
@@ -26,11 +32,21 @@ from services.core.errors import (
     ServiceError,
     Unauthenticated,
 )
-from services.realtime.hub import CONNECTIONS, PUBLISHED, Connection, Hub, Subscription, timestamp
+from services.realtime.hub import (
+    CONNECTIONS,
+    PUBLISHED,
+    Connection,
+    Hub,
+    RelaySubscription,
+    Subscription,
+    message_frame,
+    timestamp,
+)
 
 TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 MAX_TOPICS = 100  # subscriptions per connection
 MAX_MESSAGE_BYTES = 64 * 1024
+RELAY_QUEUE_LIMIT = 16_384  # frames an edge's relay may fall behind (the edge reads as fast as it can)
 
 Response = realtime_pb2.ConnectResponse
 
@@ -62,8 +78,11 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
         self, request: realtime_pb2.PublishRequest, context: Any
     ) -> realtime_pb2.PublishResponse:
         principal = current_principal()
-        offset, _ = await self._publish(principal, request.topic, request.msg)
-        return realtime_pb2.PublishResponse(topic=request.topic, offset=offset)
+        offset, stamp = await self._publish(principal, request.topic, request.msg)
+        epoch, _ = await self._hub.backend.top(channel_of(principal.tenant, request.topic))
+        return realtime_pb2.PublishResponse(
+            topic=request.topic, offset=offset, epoch=epoch, timestamp=timestamp(stamp)
+        )
 
     async def _publish(self, principal: Principal, topic: str, msg: struct_pb2.Value) -> tuple[int, int]:
         if not principal.can_write:
@@ -157,6 +176,64 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
             return  # unsubscribed or dropped meanwhile
         conn.offer(Response(type="subscribed", topic=topic, offset=top, epoch=sub.epoch, recovered=recovered))
         sub.start(replay)
+
+    async def Relay(self, requests: Any, context: Any) -> AsyncIterator[realtime_pb2.RelayResponse]:
+        conn = Connection(self._hub.drop, limit=RELAY_QUEUE_LIMIT)
+        reader = asyncio.ensure_future(self._read_relay(requests, conn))
+        try:
+            while (frame := await conn.next(None)) is not None:
+                yield frame
+        finally:
+            reader.cancel()
+            self._hub.drop(conn)
+
+    async def _read_relay(self, requests: Any, conn: Connection) -> None:
+        try:
+            async for request in requests:
+                try:
+                    await self._relay_request(request, conn)
+                except ServiceError as exc:
+                    conn.offer(
+                        realtime_pb2.RelayResponse(
+                            tenant=request.tenant, id=request.id, frame=_error(exc, request.topic)
+                        )
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            conn.fail(exc)
+        else:
+            conn.end()
+
+    async def _relay_request(self, request: realtime_pb2.RelayRequest, conn: Connection) -> None:
+        if not TENANT_NAME.match(request.tenant):
+            raise InvalidArgument("relay request without a valid tenant", field="tenant")
+        channel = channel_of(request.tenant, _topic(request.topic))
+        if request.unsubscribe:
+            sub = conn.subscriptions.pop(channel, None)
+            if sub is not None:
+                self._hub.detach(sub)
+            return
+        sub = conn.subscriptions.get(channel)
+        if sub is None:  # the edge's first socket on this channel: follow it from now on
+            sub = conn.subscriptions[channel] = RelaySubscription(
+                conn, request.tenant, request.topic, channel
+            )
+            await self._hub.attach(sub)
+            sub.epoch, sub.last = await self._hub.backend.top(channel)
+            sub.start([])
+        epoch, top = await self._hub.backend.top(channel)
+        recovered = False
+        if request.HasField("offset") and (not request.epoch or request.epoch == epoch):
+            history = await self._hub.backend.since(channel, request.offset)
+            recovered = history.recovered
+            for entry in history.entries:
+                frame = message_frame(request.topic, epoch, entry)
+                conn.offer(realtime_pb2.RelayResponse(tenant=request.tenant, id=request.id, frame=frame))
+        subscribed = Response(
+            type="subscribed", topic=request.topic, offset=top, epoch=epoch, recovered=recovered
+        )
+        conn.offer(realtime_pb2.RelayResponse(tenant=request.tenant, id=request.id, frame=subscribed))
 
 
 def _remaining(principal: Principal) -> float | None:

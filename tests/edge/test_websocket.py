@@ -154,7 +154,8 @@ async def bridge(settings_env: Any) -> AsyncIterator[Bridge]:
         kit_server("logs", logs_spec) as logs_addr,
         kit_server("auth", _auth_spec()) as auth_addr,
     ):
-        app = edge_app({"realtime": realtime_addr, "logs": logs_addr, "auth": auth_addr})
+        # relay=False: these are the per-socket bridge's tests (edge/fanout.py has its own, with the real service)
+        app = edge_app({"realtime": realtime_addr, "logs": logs_addr, "auth": auth_addr}, relay=False)
         async with serve_http(app) as address:
             yield Bridge(address, realtime, logs)
         await app.state.edge.backends.close()
@@ -287,7 +288,7 @@ async def test_backend_errors_become_an_error_frame_and_a_close_code(
 
 
 async def test_backend_down_closes_1013_naming_the_service(settings_env: Any) -> None:
-    app = edge_app({"realtime": free_address(), "auth": free_address()}, verifier=_verifier())
+    app = edge_app({"realtime": free_address(), "auth": free_address()}, verifier=_verifier(), relay=False)
     async with serve_http(app) as address, connect(f"ws://{address}/ws/realtime?token={make_token()}") as ws:
         error = await frame(ws)
         assert error["error"]["code"] == "UNAVAILABLE"

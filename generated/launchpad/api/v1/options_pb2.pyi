@@ -16,17 +16,21 @@ JSON_UNWRAP_FIELD_NUMBER: _ClassVar[int]
 json_unwrap: _descriptor.FieldDescriptor
 
 class Access(_message.Message):
-    __slots__ = ("public", "roles", "write")
+    __slots__ = ("public", "roles", "write", "internal")
     PUBLIC_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
     WRITE_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
     public: bool
     roles: _containers.RepeatedScalarFieldContainer[str]
     write: bool
-    def __init__(self, public: _Optional[bool] = ..., roles: _Optional[_Iterable[str]] = ..., write: _Optional[bool] = ...) -> None: ...
+    internal: bool
+    def __init__(self, public: _Optional[bool] = ..., roles: _Optional[_Iterable[str]] = ..., write: _Optional[bool] = ..., internal: _Optional[bool] = ...) -> None: ...
 
 class WebSocketRule(_message.Message):
-    __slots__ = ("path",)
+    __slots__ = ("path", "relay")
     PATH_FIELD_NUMBER: _ClassVar[int]
+    RELAY_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    relay: str
+    def __init__(self, path: _Optional[str] = ..., relay: _Optional[str] = ...) -> None: ...

@@ -28,7 +28,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from launchpad.api.v1 import options_pb2 as launchpad_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$launchpad/realtime/v1/realtime.proto\x12\x15launchpad.realtime.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elaunchpad/api/v1/options.proto\"D\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12#\n\x03msg\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"0\n\x0fPublishResponse\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"\xbc\x01\n\x0e\x43onnectRequest\x12\x11\n\tsubscribe\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x13\n\x0bunsubscribe\x18\x03 \x01(\t\x12\x36\n\x07publish\x18\x04 \x01(\x0b\x32%.launchpad.realtime.v1.PublishRequest\x12\x0c\n\x04ping\x18\x05 \x01(\x08\x12\x13\n\x06offset\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05\x65poch\x18\x07 \x01(\tB\t\n\x07_offset\"+\n\nFrameError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfd\x01\n\x0f\x43onnectResponse\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\'\n\x07message\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsynthetic\x18\x07 \x01(\x08\x12\x30\n\x05\x65rror\x18\x08 \x01(\x0b\x32!.launchpad.realtime.v1.FrameError\x12\x11\n\trecovered\x18\t \x01(\x08\x32\x98\x02\n\x0fRealtimeService\x12p\n\x07\x43onnect\x12%.launchpad.realtime.v1.ConnectRequest\x1a&.launchpad.realtime.v1.ConnectResponse\"\x12\xd2\xf3\x18\x0e\n\x0c/ws/realtime(\x01\x30\x01\x12\x92\x01\n\x07Publish\x12%.launchpad.realtime.v1.PublishRequest\x1a&.launchpad.realtime.v1.PublishResponse\"8\xca\xf3\x18\x14\x12\x05\x61\x64min\x12\tdeveloper\x18\x01\x82\xd3\xe4\x93\x02\x1a\"\x15/api/realtime/publish:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$launchpad/realtime/v1/realtime.proto\x12\x15launchpad.realtime.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elaunchpad/api/v1/options.proto\"D\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12#\n\x03msg\x18\x02 \x01(\x0b\x32\x16.google.protobuf.Value\"n\n\x0fPublishResponse\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05\x65poch\x18\x03 \x01(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbc\x01\n\x0e\x43onnectRequest\x12\x11\n\tsubscribe\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x13\n\x0bunsubscribe\x18\x03 \x01(\t\x12\x36\n\x07publish\x18\x04 \x01(\x0b\x32%.launchpad.realtime.v1.PublishRequest\x12\x0c\n\x04ping\x18\x05 \x01(\x08\x12\x13\n\x06offset\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05\x65poch\x18\x07 \x01(\tB\t\n\x07_offset\"+\n\nFrameError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xfd\x01\n\x0f\x43onnectResponse\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\'\n\x07message\x18\x03 \x01(\x0b\x32\x16.google.protobuf.Value\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\r\n\x05\x65poch\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tsynthetic\x18\x07 \x01(\x08\x12\x30\n\x05\x65rror\x18\x08 \x01(\x0b\x32!.launchpad.realtime.v1.FrameError\x12\x11\n\trecovered\x18\t \x01(\x08\"}\n\x0cRelayRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\n\n\x02id\x18\x03 \x01(\x04\x12\x13\n\x06offset\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05\x65poch\x18\x05 \x01(\t\x12\x13\n\x0bunsubscribe\x18\x06 \x01(\x08\x42\t\n\x07_offset\"\x9a\x01\n\rRelayResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\x04\x12\x35\n\x05\x66rame\x18\x03 \x01(\x0b\x32&.launchpad.realtime.v1.ConnectResponse\x12\x36\n\x06replay\x18\x04 \x03(\x0b\x32&.launchpad.realtime.v1.ConnectResponse2\xff\x02\n\x0fRealtimeService\x12w\n\x07\x43onnect\x12%.launchpad.realtime.v1.ConnectRequest\x1a&.launchpad.realtime.v1.ConnectResponse\"\x19\xd2\xf3\x18\x15\n\x0c/ws/realtime\x12\x05Relay(\x01\x30\x01\x12^\n\x05Relay\x12#.launchpad.realtime.v1.RelayRequest\x1a$.launchpad.realtime.v1.RelayResponse\"\x06\xca\xf3\x18\x02 \x01(\x01\x30\x01\x12\x92\x01\n\x07Publish\x12%.launchpad.realtime.v1.PublishRequest\x1a&.launchpad.realtime.v1.PublishResponse\"8\xca\xf3\x18\x14\x12\x05\x61\x64min\x12\tdeveloper\x18\x01\x82\xd3\xe4\x93\x02\x1a\"\x15/api/realtime/publish:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,19 +36,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'launchpad.realtime.v1.realt
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REALTIMESERVICE'].methods_by_name['Connect']._loaded_options = None
-  _globals['_REALTIMESERVICE'].methods_by_name['Connect']._serialized_options = b'\322\363\030\016\n\014/ws/realtime'
+  _globals['_REALTIMESERVICE'].methods_by_name['Connect']._serialized_options = b'\322\363\030\025\n\014/ws/realtime\022\005Relay'
+  _globals['_REALTIMESERVICE'].methods_by_name['Relay']._loaded_options = None
+  _globals['_REALTIMESERVICE'].methods_by_name['Relay']._serialized_options = b'\312\363\030\002 \001'
   _globals['_REALTIMESERVICE'].methods_by_name['Publish']._loaded_options = None
   _globals['_REALTIMESERVICE'].methods_by_name['Publish']._serialized_options = b'\312\363\030\024\022\005admin\022\tdeveloper\030\001\202\323\344\223\002\032\"\025/api/realtime/publish:\001*'
   _globals['_PUBLISHREQUEST']._serialized_start=188
   _globals['_PUBLISHREQUEST']._serialized_end=256
   _globals['_PUBLISHRESPONSE']._serialized_start=258
-  _globals['_PUBLISHRESPONSE']._serialized_end=306
-  _globals['_CONNECTREQUEST']._serialized_start=309
-  _globals['_CONNECTREQUEST']._serialized_end=497
-  _globals['_FRAMEERROR']._serialized_start=499
-  _globals['_FRAMEERROR']._serialized_end=542
-  _globals['_CONNECTRESPONSE']._serialized_start=545
-  _globals['_CONNECTRESPONSE']._serialized_end=798
-  _globals['_REALTIMESERVICE']._serialized_start=801
-  _globals['_REALTIMESERVICE']._serialized_end=1081
+  _globals['_PUBLISHRESPONSE']._serialized_end=368
+  _globals['_CONNECTREQUEST']._serialized_start=371
+  _globals['_CONNECTREQUEST']._serialized_end=559
+  _globals['_FRAMEERROR']._serialized_start=561
+  _globals['_FRAMEERROR']._serialized_end=604
+  _globals['_CONNECTRESPONSE']._serialized_start=607
+  _globals['_CONNECTRESPONSE']._serialized_end=860
+  _globals['_RELAYREQUEST']._serialized_start=862
+  _globals['_RELAYREQUEST']._serialized_end=987
+  _globals['_RELAYRESPONSE']._serialized_start=990
+  _globals['_RELAYRESPONSE']._serialized_end=1144
+  _globals['_REALTIMESERVICE']._serialized_start=1147
+  _globals['_REALTIMESERVICE']._serialized_end=1530
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,11 @@ class RealtimeServiceStub:
                 request_serializer=launchpad_dot_realtime_dot_v1_dot_realtime__pb2.ConnectRequest.SerializeToString,
                 response_deserializer=launchpad_dot_realtime_dot_v1_dot_realtime__pb2.ConnectResponse.FromString,
                 _registered_method=True)
+        self.Relay = channel.stream_stream(
+                '/launchpad.realtime.v1.RealtimeService/Relay',
+                request_serializer=launchpad_dot_realtime_dot_v1_dot_realtime__pb2.RelayRequest.SerializeToString,
+                response_deserializer=launchpad_dot_realtime_dot_v1_dot_realtime__pb2.RelayResponse.FromString,
+                _registered_method=True)
         self.Publish = channel.unary_unary(
                 '/launchpad.realtime.v1.RealtimeService/Publish',
                 request_serializer=launchpad_dot_realtime_dot_v1_dot_realtime__pb2.PublishRequest.SerializeToString,
@@ -51,6 +56,15 @@ class RealtimeServiceServicer:
 
     def Connect(self, request_iterator, context):
         """One connection: client frames in, server frames out. Exposed as the /ws/realtime WebSocket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Relay(self, request_iterator, context):
+        """For edge processes, one stream each: subscribes channels on behalf of the edge's sockets and
+        delivers each message of a channel once; the edge fans it out. The tenant comes from the edge,
+        which verified the socket's token.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,6 +84,11 @@ def add_RealtimeServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=launchpad_dot_realtime_dot_v1_dot_realtime__pb2.ConnectRequest.FromString,
                     response_serializer=launchpad_dot_realtime_dot_v1_dot_realtime__pb2.ConnectResponse.SerializeToString,
+            ),
+            'Relay': grpc.stream_stream_rpc_method_handler(
+                    servicer.Relay,
+                    request_deserializer=launchpad_dot_realtime_dot_v1_dot_realtime__pb2.RelayRequest.FromString,
+                    response_serializer=launchpad_dot_realtime_dot_v1_dot_realtime__pb2.RelayResponse.SerializeToString,
             ),
             'Publish': grpc.unary_unary_rpc_method_handler(
                     servicer.Publish,
@@ -104,6 +123,33 @@ class RealtimeService:
             '/launchpad.realtime.v1.RealtimeService/Connect',
             launchpad_dot_realtime_dot_v1_dot_realtime__pb2.ConnectRequest.SerializeToString,
             launchpad_dot_realtime_dot_v1_dot_realtime__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Relay(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/launchpad.realtime.v1.RealtimeService/Relay',
+            launchpad_dot_realtime_dot_v1_dot_realtime__pb2.RelayRequest.SerializeToString,
+            launchpad_dot_realtime_dot_v1_dot_realtime__pb2.RelayResponse.FromString,
             options,
             channel_credentials,
             insecure,
