@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match, Route, WebSocketRoute
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.clients import Backends, JwksSource, make_verifier
@@ -86,10 +86,9 @@ def create_app(
         *object_routes(ctx),
     ]
     table = RouteTable([*fixed, *rpc_routes(route_specs, ctx)])
-    relay_secret = internal_secret(settings) if relay else None
-    sockets = _socket_routes(socket_specs, ctx, relay_secret)
-    app.router.routes[:0] = [table, *sockets]  # before FastAPI's /docs routes
+    app.router.routes.insert(0, table)  # before FastAPI's /docs routes
     app.edge_table = table
+    app.edge_sockets = _socket_apps(socket_specs, ctx, internal_secret(settings) if relay else None)
     _add_middleware(
         app, settings, verifier, limiter or make_limiter(settings), audit or AuditLog(settings.audit_path)
     )
@@ -98,20 +97,17 @@ def create_app(
     return app
 
 
-def _socket_routes(
+def _socket_apps(
     specs: list[WebSocketSpec], ctx: EdgeContext, relay_secret: str | None
-) -> list[WebSocketRoute]:
-    """A socket route per streaming contract: multiplexed over the contract's relay RPC when it names one
-    (edge/fanout.py), else one backend stream per socket (edge/websocket.py)."""
-    return [
-        WebSocketRoute(
-            spec.path,
-            FanoutSocket(spec, ctx, relay_secret)
-            if relay_secret and spec.policy.websocket_relay
-            else WebSocketBridge(spec, ctx),
-        )
+) -> dict[str, ASGIApp]:
+    """An app per streaming contract's WebSocket path: multiplexed over the contract's relay RPC when it names
+    one (edge/fanout.py), else one backend stream per socket (edge/websocket.py)."""
+    return {
+        spec.path: FanoutSocket(spec, ctx, relay_secret)
+        if relay_secret and spec.policy.websocket_relay
+        else WebSocketBridge(spec, ctx)
         for spec in specs
-    ]
+    }
 
 
 def _check_addresses(backends: Backends, specs: list[Any]) -> None:
@@ -130,10 +126,13 @@ class EdgeApp(FastAPI):
     """
 
     edge_table: RouteTable | None = None
+    edge_sockets: dict[str, ASGIApp] | None = None
 
     def build_middleware_stack(self) -> ASGIApp:
         inner: ASGIApp = super().build_middleware_stack()
-        app: ASGIApp = DirectRoutes(inner, self.edge_table) if self.edge_table else inner
+        app: ASGIApp = (
+            DirectRoutes(inner, self.edge_table, self.edge_sockets or {}) if self.edge_table else inner
+        )
         for cls, kwargs in self.__dict__.get("_edge_middleware", []):  # first added is innermost
             app = cls(app, **kwargs)
         return ErrorGuard(app)
@@ -143,10 +142,11 @@ class EdgeApp(FastAPI):
 
 
 class DirectRoutes:
-    """Contract routes (and /health, /metrics) straight to their endpoint; the rest to FastAPI."""
+    """Contract routes (and /health, /metrics) and WebSocket paths straight to their endpoint; the rest to
+    FastAPI. (FastAPI's exception layer would otherwise wrap every frame a socket sends.)"""
 
-    def __init__(self, app: ASGIApp, table: RouteTable) -> None:
-        self.app, self.table = app, table
+    def __init__(self, app: ASGIApp, table: RouteTable, sockets: dict[str, ASGIApp]) -> None:
+        self.app, self.table, self.sockets = app, table, sockets
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -155,6 +155,9 @@ class DirectRoutes:
                 scope.update(child)
                 await child["endpoint"](scope, receive, send)
                 return
+        elif scope["type"] == "websocket" and (socket := self.sockets.get(scope["path"])) is not None:
+            await socket(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

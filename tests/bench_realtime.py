@@ -177,7 +177,9 @@ async def _bare_server(port: int) -> None:
         finally:
             subscribers.discard(ws)
 
-    async with serve(handler, "127.0.0.1", port, ping_interval=None, max_queue=None):
+    # compression=None: the edge runs without permessage-deflate too (edge/__main__.py), so both servers
+    # send the same bytes.
+    async with serve(handler, "127.0.0.1", port, ping_interval=None, max_queue=None, compression=None):
         await asyncio.Future()
 
 

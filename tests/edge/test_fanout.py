@@ -45,7 +45,7 @@ class Edge:
 
 
 def socket_app(app: Any) -> Any:
-    return next(r.app for r in app.router.routes if getattr(r, "path", "") == "/ws/realtime")
+    return app.edge_sockets["/ws/realtime"]
 
 
 @pytest.fixture
