@@ -26,6 +26,9 @@ _ISOLATED = (
     "KAFKA_URL",
     "LOKI_URL",
     "PROM_URL",
+    "OPENAI_KEY",
+    "OPENAI_BASE_URL",
+    "OPENAI_MODEL",
 )
 # The real servers CI configured, read before any test isolates the environment.
 LIVE_ENV = {

@@ -91,6 +91,11 @@ class Settings:
     realtime_history: int = 1000  # realtime: messages kept per tenant topic for offset recovery
     loki_url: str = ""  # LOKI_URL: the logs service queries Loki; unset: the services' own JSON logs
     prom_url: str = ""  # PROM_URL: the metrics proxy queries Prometheus; unset: synthetic series
+    # AI: an OpenAI-compatible chat completions API when OPENAI_KEY is set; unset: the embedded generator.
+    openai_key: str = field(default="", repr=False)  # never printed, logged or returned
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    ai_timeout_ms: int = 20000  # per language-model attempt (one retry)
     addresses: dict[str, str] = field(default_factory=dict)
     # The services that exist as servers: the edge's /health checks these (later issues add theirs).
     backends: tuple[str, ...] = ("data", "auth")
@@ -189,6 +194,10 @@ def load_settings(service: str) -> Settings:
         realtime_history=_int("LAUNCHPAD_REALTIME_HISTORY", 1000),
         loki_url=_env("LOKI_URL").rstrip("/"),
         prom_url=_env("PROM_URL").rstrip("/"),
+        openai_key=_env("OPENAI_KEY"),
+        openai_base_url=_env("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/"),
+        openai_model=_env("OPENAI_MODEL", "gpt-4o-mini"),
+        ai_timeout_ms=_int("LAUNCHPAD_AI_TIMEOUT_MS", 20000),
         minio_endpoint=minio_endpoint,
         minio_access_key=_env("MINIO_ACCESS_KEY"),
         minio_secret_key=_env("MINIO_SECRET_KEY"),

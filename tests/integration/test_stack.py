@@ -41,6 +41,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "KAFKA_URL",
         "LOKI_URL",
         "PROM_URL",
+        "OPENAI_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_MODEL",
     )
     env = {k: v for k, v in os.environ.items() if k not in live}
     env.update(
