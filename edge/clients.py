@@ -21,6 +21,7 @@ from starlette.types import Scope
 
 from edge import codec
 from launchpad.auth.v1 import auth_pb2
+from services.core.clients import CHANNEL_OPTIONS
 from services.core.config import Settings
 from services.core.context import Principal
 from services.core.errors import Code, InvalidArgument, ServiceError, Unauthenticated
@@ -35,6 +36,7 @@ _CHANNEL_OPTIONS = (
     ("grpc.max_send_message_length", _MAX_MESSAGE),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
+    *CHANNEL_OPTIONS,  # a backend that was down is retried every 2 s at most: routes recover within seconds
 )
 JWKS_TIMEOUT_S = 3.0
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
@@ -154,6 +156,8 @@ BACKEND_ERRORS = Counter(
     ["service", "code"],
 )
 # The channel's own failures (backend down, connection lost), as opposed to an UNAVAILABLE a service chose.
+# Matched at the start only: gRPC's own messages begin so, while a service's UNAVAILABLE names its dependency
+# first and may quote a driver further on ("PostgreSQL is not available: ... Connection refused").
 _TRANSPORT_FAILURE = re.compile(
     r"failed to connect|connection refused|connections to all backends failing|socket closed|"
     r"connection reset|dns resolution failed|broken pipe|end of tcp stream",
@@ -171,7 +175,7 @@ def describe_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> tuple[Code, s
     code = Code(exc.code().value[0])
     message = exc.details() or code.name
     BACKEND_ERRORS.labels(service, code.name).inc()
-    if code == Code.UNAVAILABLE and _TRANSPORT_FAILURE.search(message):
+    if code == Code.UNAVAILABLE and _TRANSPORT_FAILURE.match(message):
         log.warning("edge: %s service unreachable: %s", service, message)
         message = f"the {service} service is unavailable (cannot connect)"
     elif code == Code.DEADLINE_EXCEEDED and message == "Deadline Exceeded":

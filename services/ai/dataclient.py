@@ -11,6 +11,7 @@ import grpc
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from services.ai.render import ident
 from services.ai.schema import Column, DryRunRejected, ForeignKey, Plan, Schema, Table
+from services.core.clients import internal_channel
 from services.core.errors import DeadlineExceeded, Unavailable
 
 CALL_TIMEOUT_S = 10.0
@@ -37,7 +38,7 @@ class DataService:
 
     def stub(self) -> data_pb2_grpc.DataServiceStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = internal_channel(self.address)
             self._stub = data_pb2_grpc.DataServiceStub(self._channel)
         return self._stub
 

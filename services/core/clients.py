@@ -11,6 +11,15 @@ from google.protobuf.json_format import MessageToDict
 
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
 
+# A peer that was down is retried at least every 2 s (gRPC's default backoff grows to 120 s), so calls work
+# again within seconds of its return, however long it was away.
+CHANNEL_OPTIONS = (("grpc.max_reconnect_backoff_ms", 2_000),)
+
+
+def internal_channel(address: str) -> grpc.aio.Channel:
+    """A channel from one Launchpad service to another (create it inside the serving event loop)."""
+    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+
 
 def jwks_fetcher(address: str) -> Callable[[], Awaitable[dict[str, Any]]]:
     """An async function returning the auth service's JWK Set (one channel, created lazily)."""
@@ -19,7 +28,7 @@ def jwks_fetcher(address: str) -> Callable[[], Awaitable[dict[str, Any]]]:
     async def fetch() -> dict[str, Any]:
         nonlocal stub
         if stub is None:
-            stub = auth_pb2_grpc.AuthServiceStub(grpc.aio.insecure_channel(address))
+            stub = auth_pb2_grpc.AuthServiceStub(internal_channel(address))
         response = await stub.GetJwks(
             auth_pb2.GetJwksRequest(), metadata=(("x-request-id", f"jwks-{uuid.uuid4().hex}"),), timeout=3
         )

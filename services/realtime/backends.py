@@ -16,10 +16,11 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import redis.exceptions
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -41,6 +42,11 @@ class Entry:
     payload: bytes  # a serialized google.protobuf.Value
 
 
+class EpochChanged(Exception):
+    """The channel's sequence started over (a Redis that lost its data): followers' offsets mean nothing now.
+    Subscribers must resubscribe; with their old (epoch, offset) they get recovered=false and the new top."""
+
+
 @dataclass(frozen=True, slots=True)
 class History:
     entries: list[Entry]
@@ -53,7 +59,8 @@ class Backend(Protocol):
     async def append(self, channel: str, payload: bytes) -> Entry: ...
     async def top(self, channel: str) -> tuple[str, int]: ...  # (epoch, last offset)
     async def since(self, channel: str, offset: int) -> History: ...
-    def follow(self, channel: str, after: int) -> AsyncIterator[Entry]: ...
+    # Raises EpochChanged when the sequence it follows started over.
+    def follow(self, channel: str, after: int, epoch: str) -> AsyncIterator[Entry]: ...
     async def close(self) -> None: ...
 
 
@@ -101,7 +108,7 @@ class MemoryBackend:
         entries = [e for e in self._rings.get(channel, ()) if e.offset > offset]
         return _history(entries, offset, self._tops.get(channel, 0))
 
-    async def follow(self, channel: str, after: int) -> AsyncIterator[Entry]:
+    async def follow(self, channel: str, after: int, epoch: str) -> AsyncIterator[Entry]:
         while True:
             event = self._event(channel)
             fresh = [e for e in self._rings.get(channel, ()) if e.offset > after]
@@ -123,6 +130,15 @@ redis.call('SET', KEYS[3], ARGV[3], 'NX')
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], offset .. '-1', 't', ARGV[4], 'd', ARGV[1])
 return {offset, redis.call('GET', KEYS[3])}
 """
+
+
+@contextlib.contextmanager
+def _unavailable() -> Iterator[None]:
+    """Redis errors as UNAVAILABLE (503 at the edge), not INTERNAL: the broker is away, nothing is broken."""
+    try:
+        yield
+    except (redis.exceptions.RedisError, OSError) as exc:
+        raise Unavailable(f"redis: {type(exc).__name__}: {exc}") from exc
 
 
 def _offset(entry_id: bytes | str) -> int:
@@ -152,33 +168,44 @@ class RedisBackend:
     async def append(self, channel: str, payload: bytes) -> Entry:
         stamp = now_ms()
         args = [payload, self._history, uuid.uuid4().hex[:12], stamp]
-        offset, _ = await self._append(keys=self._keys(channel), args=args)
+        with _unavailable():
+            offset, _ = await self._append(keys=self._keys(channel), args=args)
         return Entry(int(offset), stamp, payload)
 
     async def top(self, channel: str) -> tuple[str, int]:
         _, seq, epoch = self._keys(channel)
-        await self._redis.set(epoch, uuid.uuid4().hex[:12], nx=True)
-        current, top = await self._redis.mget(epoch, seq)
+        with _unavailable():
+            await self._redis.set(epoch, uuid.uuid4().hex[:12], nx=True)
+            current, top = await self._redis.mget(epoch, seq)
         return current.decode(), int(top or 0)
 
     async def since(self, channel: str, offset: int) -> History:
         stream, seq, _ = self._keys(channel)
-        rows = await self._redis.xrange(stream, min=f"{offset + 1}-0", max="+", count=self._history * 2)
-        top = int(await self._redis.get(seq) or 0)
+        with _unavailable():
+            rows = await self._redis.xrange(stream, min=f"{offset + 1}-0", max="+", count=self._history * 2)
+            top = int(await self._redis.get(seq) or 0)
         return _history([_entry(i, f) for i, f in rows], offset, top)
 
-    async def follow(self, channel: str, after: int) -> AsyncIterator[Entry]:
-        stream = self._keys(channel)[0]
+    async def follow(self, channel: str, after: int, epoch: str) -> AsyncIterator[Entry]:
+        stream, _, epoch_key = self._keys(channel)
         cursor = f"{after}-1"
+        check_epoch = False  # after an error or a quiet spell: a restarted Redis numbers from 1 again
         while True:
             try:
+                if check_epoch:
+                    current = await self._redis.get(epoch_key)
+                    if current is None or current.decode() != epoch:
+                        raise EpochChanged(channel)
+                    check_epoch = False
                 answer = await self._redis.xread({stream: cursor}, count=FOLLOW_BATCH, block=FOLLOW_BLOCK_MS)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, EpochChanged):
                 raise
-            except Exception as exc:  # Redis away: keep trying; subscribers resume where the cursor is
+            except Exception as exc:  # Redis away: keep trying, and check the epoch before reading on
                 log.warning("realtime: redis follow failed (%s), retrying", type(exc).__name__)
+                check_epoch = True
                 await asyncio.sleep(RETRY_S)
                 continue
+            check_epoch = not answer
             for _, rows in answer or ():
                 for entry_id, fields in rows:
                     cursor = entry_id.decode()
@@ -318,7 +345,7 @@ class KafkaBackend:
                 reader.unsubscribe()
         return _history(entries, offset, end)
 
-    async def follow(self, channel: str, after: int) -> AsyncIterator[Entry]:
+    async def follow(self, channel: str, after: int, epoch: str) -> AsyncIterator[Entry]:
         """Its own consumer, assigned and seeked to Kafka offset `after` (our offset after + 1)."""
         lock = threading.Lock()  # a cancelled poll may still run in its thread when close is called
         consumer: KafkaConsumer | None = None

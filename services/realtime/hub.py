@@ -23,8 +23,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge
 
 from launchpad.realtime.v1 import realtime_pb2
-from services.core.errors import ResourceExhausted, ServiceError
-from services.realtime.backends import Backend, Entry, now_ms
+from services.core.errors import ResourceExhausted, ServiceError, Unavailable
+from services.realtime.backends import Backend, Entry, EpochChanged, now_ms
 
 log = logging.getLogger("launchpad.realtime")
 
@@ -166,9 +166,9 @@ class Hub:
         subs = self._subs.setdefault(sub.channel, set())
         subs.add(sub)
         if sub.channel not in self._followers:
-            _, top = await self.backend.top(sub.channel)
+            epoch, top = await self.backend.top(sub.channel)
             if sub.channel not in self._followers and sub in subs:  # another attach may have won the race
-                self._followers[sub.channel] = asyncio.create_task(self._follow(sub.channel, top))
+                self._followers[sub.channel] = asyncio.create_task(self._follow(sub.channel, top, epoch))
 
     def detach(self, sub: Subscription) -> None:
         subs = self._subs.get(sub.channel)
@@ -187,14 +187,20 @@ class Hub:
             self.detach(sub)
         conn.subscriptions.clear()
 
-    async def _follow(self, channel: str, after: int) -> None:
+    async def _follow(self, channel: str, after: int, epoch: str) -> None:
         try:
-            async for entry in self.backend.follow(channel, after):
+            async for entry in self.backend.follow(channel, after, epoch):
                 self._last_real[channel] = time.monotonic()
                 for sub in list(self._subs.get(channel, ())):
                     sub.deliver(entry)
         except asyncio.CancelledError:
             raise
+        except EpochChanged:  # offsets started over: every subscriber must resubscribe (and learns the epoch)
+            log.warning("realtime: %s started a new epoch; ending its subscribers' streams", channel)
+            self._followers.pop(channel, None)
+            for sub in list(self._subs.get(channel, ())):
+                sub.conn.fail(Unavailable("the topic's history was reset (new epoch): resubscribe"))
+                self.drop(sub.conn)
         except Exception:
             log.exception("realtime: follower of %s failed", channel)
 
