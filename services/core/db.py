@@ -10,6 +10,7 @@ back: the "sql" dependency is unhealthy and every call raises Unavailable until 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import sqlite3
 import time
@@ -38,6 +39,7 @@ POOL_SIZE = 8
 # One advisory lock key for every migration runner, so replicas starting at once apply migrations in turn.
 MIGRATION_LOCK_KEY = 0x4C61_756E_6368  # "Launch"
 
+log = logging.getLogger("launchpad.db")
 T = TypeVar("T")
 Row = dict[str, Any]
 
@@ -122,7 +124,7 @@ def platform_pg_error(exc: psycopg2.Error) -> Exception:
     if isinstance(exc, psycopg2.IntegrityError):
         return FailedPrecondition(exc.diag.message_primary or str(exc), sqlstate=exc.pgcode)
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
-        return Unavailable(f"PostgreSQL is not available: {first_line(exc)}")
+        return pg_unavailable("PostgreSQL is not available", exc)
     return exc
 
 
@@ -140,6 +142,13 @@ def platform_sqlite_error(exc: sqlite3.Error) -> Exception:
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def pg_unavailable(what: str, exc: BaseException) -> Unavailable:
+    """UNAVAILABLE saying `what` failed; the driver's text (server address, role names) goes to the service
+    log only, never to API clients."""
+    log.warning("%s: %s", what, first_line(exc))
+    return Unavailable(f"{what} (the service log has the driver's message)")
 
 
 # --- Migrations ------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import psycopg2.extensions as ext
 from psycopg2 import sql as pgsql
 
 from services.core.blocking import Blocking
-from services.core.db import PgPlatformDb, PgPool, first_line
+from services.core.db import PgPlatformDb, PgPool, first_line, pg_unavailable
 from services.core.errors import (
     Aborted,
     DeadlineExceeded,
@@ -239,7 +239,7 @@ def tenant_error(exc: psycopg2.Error, limits: Limits, rendered: Rendered | None,
     if code in ("42501", "25006"):
         return PermissionDenied(message, **details)
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) and not code:
-        return Unavailable(f"PostgreSQL connection lost: {message}")
+        return pg_unavailable("PostgreSQL connection lost", exc)
     if not code and "COPY" in message:  # the driver refuses COPY TO STDOUT / FROM STDIN itself
         return InvalidArgument("COPY to or from the client is not supported; use SELECT/INSERT")
     # Contention (40xxx deadlock or serialization failure, 55P03 lock not available): the transaction rolled
@@ -584,10 +584,10 @@ class _Tenant:
             except _Stale as exc:
                 pool.discard_idle()  # the server restarted: every idle connection is dead as well
                 if attempt:
-                    raise Unavailable(f"PostgreSQL connection lost: {exc.__cause__}") from exc
+                    raise pg_unavailable("PostgreSQL connection lost", exc.__cause__ or exc) from exc
             except psycopg2.Error as exc:  # outside a statement: quoting a parameter, or a lost connection
                 if conn.closed:
-                    raise Unavailable(f"PostgreSQL connection lost: {first_line(exc)}") from exc
+                    raise pg_unavailable("PostgreSQL connection lost", exc) from exc
                 raise InvalidArgument(first_line(exc), sqlstate=exc.pgcode or "") from exc
             finally:
                 pool.put(conn)
@@ -603,7 +603,7 @@ class _Tenant:
             refused = ("password authentication failed", "does not exist", "permission denied for database")
             if any(reason in text for reason in refused):
                 raise _LoginRefused(first_line(exc)) from exc
-            raise Unavailable(f"PostgreSQL is not available: {first_line(exc)}") from exc
+            raise pg_unavailable("PostgreSQL is not available", exc) from exc
 
     def close(self) -> None:
         for pool in self.pools.values():
@@ -647,7 +647,7 @@ class PgTenants(TenantSql):
                     return await self._blocking.run(tenant.run, caller.writable, fn, *args)
             except _LoginRefused as exc:
                 if attempt:
-                    raise Unavailable(f"tenant role cannot log in: {exc}") from exc
+                    raise pg_unavailable("the tenant's database role cannot log in", exc) from exc
         raise AssertionError("unreachable")
 
     async def _tenant(self, name: str, *, repair: bool = False) -> _Tenant:
