@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -55,6 +55,14 @@ def _read_by_config() -> frozenset[str]:
         for service in ("edge", *config.SERVICES):
             config.load_settings(service)
     return frozenset(recorder.read)
+
+
+def settings_from(environ: Mapping[str, str], service: str) -> config.Settings:
+    """What config.py makes of exactly this environment for `service` (nothing of the real one is seen)."""
+    recorder = _RecordingEnviron()
+    recorder.update(environ)
+    with mock.patch.object(config, "os", _OsWithEnviron(recorder)):
+        return config.load_settings(service)
 
 
 @pytest.fixture(scope="session")

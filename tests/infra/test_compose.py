@@ -23,7 +23,7 @@ import yaml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.core.config import EDGE_PORT, METRICS_PORT_OFFSET, SERVICES
-from tests.infra.conftest import IMAGE_VARIABLES, INFRA, ROOT
+from tests.infra.conftest import IMAGE_VARIABLES, INFRA, ROOT, settings_from
 
 COMPOSE = INFRA / "compose.yaml"
 DOCKERFILE = INFRA / "Dockerfile"
@@ -115,6 +115,85 @@ def test_compose_wires_processes_and_dependencies_by_service_name(compose: dict[
         env = _environment(services[name])
         assert env["MINIO_ACCESS_KEY"] == _environment(services["minio"])["MINIO_ROOT_USER"]
         assert env["MINIO_SECRET_KEY"] == _environment(services["minio"])["MINIO_ROOT_PASSWORD"]
+
+
+# ${NAME}, ${NAME:-default} (unset or empty) and ${NAME-default} (unset): the forms this file may use.
+_VARIABLE = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?:(:?-)([^}$]*))?\}")
+AI_VARIABLES = ("OPENAI_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "LAUNCHPAD_AI_TIMEOUT_MS")
+
+
+def _interpolate(value: str, user: dict[str, str]) -> str:
+    """The value as `docker compose` hands it to the container when the user's environment is `user`."""
+
+    def one(match: re.Match[str]) -> str:
+        name, op, default = match.groups()
+        if name in user and (user[name] or op != ":-"):
+            return user[name]
+        return default or ""
+
+    resolved = _VARIABLE.sub(one, value)
+    assert "$" not in resolved, f"unexpected interpolation form in {value!r}"
+    return resolved
+
+
+def _container_env(service: dict[str, Any], user: dict[str, str]) -> dict[str, str]:
+    return {name: _interpolate(value, user) for name, value in _environment(service).items()}
+
+
+def test_compose_passes_the_language_model_settings_to_ai_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    env = _environment(services["ai"])
+    assert set(AI_VARIABLES) <= env.keys()
+    # The key is only ever the user's own variable: no literal, not even a default.
+    assert re.fullmatch(r"\$\{OPENAI_KEY(:?-)?\}", env["OPENAI_KEY"]), env["OPENAI_KEY"]
+    for name in PROCESSES:
+        if name != "ai":
+            assert not set(AI_VARIABLES) & _environment(services[name]).keys(), name
+    assert services["ai"]["depends_on"]["data"] == {"condition": "service_started"}
+
+
+def test_compose_ai_without_a_key_runs_the_embedded_generator_with_configs_defaults(
+    compose: dict[str, Any],
+) -> None:
+    settings = settings_from(_container_env(compose["services"]["ai"], {}), "ai")
+    defaults = settings_from({}, "ai")
+    assert settings.openai_key == ""  # the embedded generator answers
+    assert (settings.openai_base_url, settings.openai_model, settings.ai_timeout_ms) == (
+        defaults.openai_base_url,
+        defaults.openai_model,
+        defaults.ai_timeout_ms,
+    )
+
+
+def test_compose_ai_takes_the_key_and_model_from_the_users_environment(compose: dict[str, Any]) -> None:
+    user = {
+        "OPENAI_KEY": "ollama",
+        "OPENAI_BASE_URL": "http://host.docker.internal:11434/v1",
+        "OPENAI_MODEL": "llama3.1",
+        "LAUNCHPAD_AI_TIMEOUT_MS": "60000",
+    }
+    settings = settings_from(_container_env(compose["services"]["ai"], user), "ai")
+    assert (settings.openai_key, settings.openai_base_url, settings.openai_model, settings.ai_timeout_ms) == (
+        "ollama",
+        "http://host.docker.internal:11434/v1",
+        "llama3.1",
+        60000,
+    )
+    # An empty variable in the user's environment still means the default, as for an unset one.
+    empty = settings_from(_container_env(compose["services"]["ai"], {"OPENAI_MODEL": ""}), "ai")
+    assert empty.openai_model == settings_from({}, "ai").openai_model
+
+
+def test_compose_processes_share_one_data_volume(compose: dict[str, Any]) -> None:
+    # The internal credential (LAUNCHPAD_INTERNAL_SECRET unset) is a file made once in the data dir: the
+    # edge's Relay calls to realtime are accepted only because every process reads the same file.
+    sources = set()
+    for name in PROCESSES:
+        env = _environment(compose["services"][name])
+        assert "LAUNCHPAD_INTERNAL_SECRET" not in env, name
+        mounts = dict(reversed(v.split(":")[:2]) for v in compose["services"][name]["volumes"])
+        sources.add(mounts["/var/lib/launchpad"])
+    assert sources == {"launchpad-data"}
 
 
 def test_compose_volumes_and_mounted_files_exist(compose: dict[str, Any]) -> None:

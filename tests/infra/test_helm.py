@@ -13,8 +13,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from services.core.config import EDGE_PORT, METRICS_PORT_OFFSET, SERVICES
-from tests.infra.conftest import IMAGE_VARIABLES, INFRA
+from services.core.config import EDGE_PORT, METRICS_PORT_OFFSET, SERVICES, Settings
+from tests.infra.conftest import IMAGE_VARIABLES, INFRA, settings_from
 
 CHART = INFRA / "helm" / "launchpad"
 LIVE_VALUES = INFRA / "helm" / "values-live.yaml"
@@ -34,17 +34,23 @@ SECRET_VARIABLES = frozenset(
         "LAUNCHPAD_STORAGE_URL_SECRET",
         "COSIGN_PASSWORD",
         "LAUNCHPAD_INTERNAL_SECRET",
+        "OPENAI_KEY",
     }
 )
+LLM_VARIABLES = frozenset({"OPENAI_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL", "LAUNCHPAD_AI_TIMEOUT_MS"})
 Manifests = dict[tuple[str, str], dict[str, Any]]
+
+
+def render_files(values: dict[str, Any] | None = None) -> dict[str, str]:
+    """Template path -> the text Helm renders from it with these values."""
+    with helm.Chart.load(CHART) as chart:
+        return chart.render(values, name=RELEASE, namespace="launchpad")
 
 
 def render(values: dict[str, Any] | None = None) -> Manifests:
     """(kind, name) -> manifest, for every document the chart renders with these values."""
-    with helm.Chart.load(CHART) as chart:
-        files = chart.render(values, name=RELEASE, namespace="launchpad")
     out: Manifests = {}
-    for path, text in files.items():
+    for path, text in render_files(values).items():
         if path.endswith("NOTES.txt"):
             continue
         for doc in yaml.safe_load_all(text):
@@ -213,6 +219,71 @@ def test_every_process_gets_the_shared_internal_secret(rendered: tuple[dict, Man
         assert required(env_of(manifests, name)["LAUNCHPAD_INTERNAL_SECRET"]), name
 
 
+def test_the_openai_key_is_only_an_optional_secret_reference_on_ai(rendered: tuple[dict, Manifests]) -> None:
+    values, manifests = rendered
+    # Optional: a Secret without the key runs the embedded generator instead of stopping the pod.
+    assert env_of(manifests, "ai")["OPENAI_KEY"] == {
+        "name": "OPENAI_KEY",
+        "valueFrom": {
+            "secretKeyRef": {
+                "name": values["secrets"]["existingSecret"],
+                "key": "OPENAI_KEY",
+                "optional": True,
+            }
+        },
+    }
+    assert "OPENAI_KEY" not in manifests[("ConfigMap", FULLNAME)]["data"]
+    for name in (*SERVICES, "edge"):
+        if name != "ai":  # least privilege: no other process gets the key or the model's settings
+            assert not LLM_VARIABLES & env_of(manifests, name).keys(), name
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_no_rendered_line_carries_a_key_value(variant: str) -> None:
+    files = render_files(VARIANTS[variant]())
+    mentions = [
+        line.strip()
+        for path, text in files.items()
+        if not path.endswith("NOTES.txt")
+        for line in text.splitlines()
+        if "OPENAI_KEY" in line
+    ]
+    # The variable's name and the Secret's key name, nothing else: no `OPENAI_KEY: ...`, no `value:` for it.
+    assert sorted(mentions) == ["- name: OPENAI_KEY", "key: OPENAI_KEY"]
+
+
+def _ai_settings(manifests: Manifests, secret: dict[str, str]) -> Settings:
+    """The ai pod's settings as config.py reads them, given what the Secret holds (only keys it references)."""
+    environ = dict(manifests[("ConfigMap", FULLNAME)]["data"])
+    for variable, entry in env_of(manifests, "ai").items():
+        if "value" in entry:
+            environ[variable] = entry["value"]
+        elif entry["valueFrom"]["secretKeyRef"]["key"] in secret:
+            environ[variable] = secret[entry["valueFrom"]["secretKeyRef"]["key"]]
+    return settings_from(environ, "ai")
+
+
+def test_the_model_settings_reach_the_ai_service_as_config_reads_them() -> None:
+    internal = {"LAUNCHPAD_INTERNAL_SECRET": "x" * 64}
+    defaults = settings_from({}, "ai")
+    # The chart's defaults are the code's, and without the key the embedded generator answers.
+    embedded = _ai_settings(render(), internal)
+    assert embedded.openai_key == ""
+    assert (embedded.openai_base_url, embedded.openai_model, embedded.ai_timeout_ms) == (
+        defaults.openai_base_url,
+        defaults.openai_model,
+        defaults.ai_timeout_ms,
+    )
+    llm = {"baseUrl": "http://ollama.ml:11434/v1/", "model": "llama3.1", "timeoutMs": 1000000}
+    live = _ai_settings(render({"dependencies": {"llm": llm}}), {**internal, "OPENAI_KEY": "sk-from-secret"})
+    assert (live.openai_key, live.openai_base_url, live.openai_model, live.ai_timeout_ms) == (
+        "sk-from-secret",
+        "http://ollama.ml:11434/v1",
+        "llama3.1",
+        1000000,  # not 1e+06: Helm reads numbers as floats
+    )
+
+
 def test_dependencies_are_required_secrets_where_configured() -> None:
     manifests = render(live_values())
     for name in ("data", "auth", "deploy"):
@@ -314,6 +385,10 @@ def test_realtime_fans_out_through_redis_or_kafka() -> None:
         ),
         ({"config": {"POSTGRES_DSN": "postgresql://u:pw@db/x"}}, "looks like a secret"),
         ({"config": {"VAULT_TOKEN": "s.abc"}}, "looks like a secret"),
+        ({"config": {"OPENAI_KEY": "sk-in-values"}}, "config.OPENAI_KEY looks like a secret"),
+        ({"dependencies": {"llm": {"baseUrl": "api.openai.com/v1"}}}, "must be an http(s):// URL"),
+        ({"dependencies": {"llm": {"model": ""}}}, "dependencies.llm.model must name a model"),
+        ({"dependencies": {"llm": {"timeoutMs": 0}}}, "timeoutMs must be a positive number"),
     ],
 )
 def test_combinations_that_cannot_work_fail_to_render(override: dict[str, Any], message: str) -> None:
@@ -329,7 +404,7 @@ def test_several_realtime_replicas_without_a_shared_backend_fail_even_when_live(
 
 
 def test_notes_tell_how_to_reach_the_edge() -> None:
-    with helm.Chart.load(CHART) as chart:
-        notes = chart.render(None, name=RELEASE, namespace="launchpad")["launchpad/templates/NOTES.txt"]
+    notes = render_files()["launchpad/templates/NOTES.txt"]
     assert f"svc/{component('edge')}" in notes
     assert "in-process broker" in notes
+    assert "holds OPENAI_KEY; without that key its embedded SQL generator answers" in notes

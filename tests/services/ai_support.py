@@ -1,25 +1,29 @@
 """Shared by the AI tests (gRPC, edge, live PostgreSQL): a sample shop schema (customers, orders, products with
 foreign keys) and its rows, the questions the embedded generator must answer with the rows each one expects,
-a real data service on port 0, and a local fake of the OpenAI chat completions API."""
+a real data service on port 0, the AI service in front of it with two tenants loaded, and a local fake of the
+OpenAI chat completions API."""
 
 from __future__ import annotations
 
 import contextlib
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import grpc
 import orjson
+import pytest
 from google.protobuf import json_format
 
+from launchpad.ai.v1 import ai_pb2, ai_pb2_grpc
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
+from services.ai.servicer import build as build_ai
 from services.core.config import load_settings
-from services.core.server import create_server, new_runtime
+from services.core.server import Runtime, create_server, new_runtime
 from services.data.servicer import build as build_data
-from tests.support import TEST_KEYS, make_token, metadata
+from tests.services.fakehttp import fake_http
+from tests.support import TEST_KEYS, make_token, metadata, running_service
 
 SHOP = [
     "CREATE TABLE customers (id integer PRIMARY KEY, name text NOT NULL, email text, city text, "
@@ -185,6 +189,12 @@ def same_rows(got: Rows, expected: Rows, ordered: bool) -> bool:
     return sorted(map(repr, got)) == sorted(map(repr, expected))
 
 
+def leaked(answer: ai_pb2.QueryAiResponse, question: str) -> list[str]:
+    """The other tenant's names that an answer shows although the question did not say them."""
+    text = f"{answer.sql} {answer.explanation} {answer.reason} {list(answer.tables)}"
+    return [name for name in OTHER_NAMES if name in text and name.lower() not in question.lower()]
+
+
 class Tenant:
     """A developer of one tenant, calling the data service directly."""
 
@@ -244,7 +254,7 @@ def completion(content: str) -> tuple[int, Any]:
 @dataclass
 class FakeOpenAi:
     replies: list[Reply]  # one per chat call, the last one repeats
-    delay_s: float = 0.0
+    delay_s: float = 0.0  # before each chat answer (the start-up GET /models answers at once)
     url: str = ""
     chats: list[dict[str, Any]] = field(default_factory=list)  # request bodies
     headers: list[dict[str, str]] = field(default_factory=list)
@@ -252,48 +262,97 @@ class FakeOpenAi:
     def prompt(self, call: int = 0) -> str:
         return "\n".join(m["content"] for m in self.chats[call]["messages"])
 
+    def chat(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any]:
+        self.chats.append(body)
+        self.headers.append(headers)
+        time.sleep(self.delay_s)
+        return self.replies[min(len(self.chats), len(self.replies)) - 1](body)
+
 
 @contextlib.contextmanager
 def fake_openai(*replies: Reply, delay_s: float = 0.0) -> Iterator[FakeOpenAi]:
     """Serves GET /v1/models and POST /v1/chat/completions on 127.0.0.1, port 0, as OpenAI documents them."""
     fake = FakeOpenAi(list(replies), delay_s)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path != "/v1/models":
-                return self._send(404, {"error": {"message": "not found"}})
-            self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
-
-        def do_POST(self) -> None:
-            body = orjson.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-            if self.path != "/v1/chat/completions":
-                return self._send(404, {"error": {"message": "not found"}})
-            fake.chats.append(body)
-            fake.headers.append(dict(self.headers))
-            time.sleep(fake.delay_s)
-            reply = fake.replies[min(len(fake.chats), len(fake.replies)) - 1]
-            self._send(*reply(body))
-
-        def _send(self, status: int, body: Any) -> None:
-            payload = orjson.dumps(body)
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # the client gave up (a timeout test)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    models = {"object": "list", "data": [{"id": "fake-model", "object": "model"}]}
+    with fake_http(
+        {"/v1/models": lambda query: (200, models)}, posts={"/v1/chat/completions": fake.chat}
+    ) as http:
+        fake.url = f"{http.url}/v1"
         yield fake
-    finally:
-        server.shutdown()
-        server.server_close()
+
+
+# --- The AI service in front of a real data service --------------------------------------------------------
+
+
+async def fails(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of a call that must fail."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    return err.value.code(), err.value.details() or ""
+
+
+@dataclass
+class AiStack:
+    """The AI service (stub, channel, runtime) and the data service's two tenants: `shop` holds SHOP (the
+    customers, orders and products), `other` holds OTHER (payroll, secret_projects)."""
+
+    stub: ai_pb2_grpc.AiServiceStub
+    channel: grpc.aio.Channel
+    runtime: Runtime
+    shop: Tenant
+    other: Tenant
+    model: FakeOpenAi | None
+
+    @property
+    def fake(self) -> FakeOpenAi:
+        assert self.model is not None, "this stack was started without a fake model (no replies)"
+        return self.model
+
+    async def ask(self, question: str, tenant: Tenant | None = None, **fields: Any) -> ai_pb2.QueryAiResponse:
+        request = ai_pb2.QueryAiRequest(question=question, **fields)
+        return await self.stub.QueryAi(request, metadata=(tenant or self.shop).md)
+
+    async def suggest(self, tenant: Tenant | None = None, **fields: Any) -> ai_pb2.SuggestSqlResponse:
+        return await self.stub.SuggestSql(
+            ai_pb2.SuggestSqlRequest(**fields), metadata=(tenant or self.shop).md
+        )
+
+
+async def answer_case(ai: AiStack, case: Case) -> tuple[ai_pb2.QueryAiResponse, str]:
+    """The shop tenant's answer to the case's question, and what is wrong with it: "" when it is valid SQL
+    that returns the rows the case expects (run by the data service, as the caller)."""
+    answer = await ai.ask(case.question)
+    if not answer.valid:
+        return answer, f"{case.question!r}: {answer.reason}"
+    got = rows(await ai.shop.run(answer.sql))
+    expected = case.expect if isinstance(case.expect, list) else rows(await ai.shop.run(case.expect))
+    if not same_rows(got, expected, case.ordered):
+        return answer, f"{case.question!r}: {answer.sql}\n  {got}\n  != {expected}"
+    return answer, ""
+
+
+@contextlib.asynccontextmanager
+async def ai_stack(
+    env: pytest.MonkeyPatch,
+    *replies: Reply,
+    delay_s: float = 0.0,
+    tenants: tuple[str, str] = ("acme", "globex"),
+) -> AsyncIterator[AiStack]:
+    """The data service (the environment picks SQLite or PostgreSQL) with the two tenants loaded, and the AI
+    service in front of it. With `replies`, a fake model answers them in turn (the last one repeating) at
+    OPENAI_BASE_URL; whether the AI service asks it is OPENAI_KEY's business, which the caller sets."""
+    with contextlib.ExitStack() as stack:
+        model = stack.enter_context(fake_openai(*replies, delay_s=delay_s)) if replies else None
+        if model is not None:
+            env.setenv("OPENAI_BASE_URL", model.url)
+        async with data_service() as data_address:
+            env.setenv("LAUNCHPAD_DATA_ADDR", data_address)
+            async with running_service("ai", build_ai) as (runtime, channel):
+                data_channel = grpc.aio.insecure_channel(data_address)
+                try:
+                    shop, other = Tenant(data_channel, tenants[0]), Tenant(data_channel, tenants[1])
+                    await shop.load(SHOP)
+                    await other.load(OTHER)
+                    yield AiStack(ai_pb2_grpc.AiServiceStub(channel), channel, runtime, shop, other, model)
+                finally:
+                    await data_channel.close()

@@ -7,10 +7,8 @@ tests/services/test_ai_llm.py covers the language-model path; tests/edge/test_ai
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import orjson
@@ -22,54 +20,22 @@ from launchpad.api.v1 import status_pb2, status_pb2_grpc
 from services.ai.servicer import build
 from tests.services.ai_support import (
     CASES,
-    OTHER,
-    OTHER_NAMES,
-    SHOP,
     UNANSWERABLE,
-    Tenant,
-    data_service,
+    AiStack,
+    Case,
+    ai_stack,
+    answer_case,
+    fails,
+    leaked,
     rows,
-    same_rows,
 )
 from tests.support import make_token, metadata, running_service
 
 
-@dataclasses.dataclass
-class Ai:
-    stub: ai_pb2_grpc.AiServiceStub
-    channel: grpc.aio.Channel
-    shop: Tenant  # tenant acme: customers, orders, products
-    other: Tenant  # tenant globex: payroll, secret_projects
-    data_dir: Path
-
-    async def ask(self, question: str, tenant: Tenant | None = None, **fields: Any) -> ai_pb2.QueryAiResponse:
-        md = (tenant or self.shop).md
-        return await self.stub.QueryAi(ai_pb2.QueryAiRequest(question=question, **fields), metadata=md)
-
-    async def suggest(self, tenant: Tenant | None = None, **fields: Any) -> ai_pb2.SuggestSqlResponse:
-        md = (tenant or self.shop).md
-        return await self.stub.SuggestSql(ai_pb2.SuggestSqlRequest(**fields), metadata=md)
-
-
 @pytest.fixture
-async def ai(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Ai]:
-    async with data_service() as data_address:
-        monkeypatch.setenv("LAUNCHPAD_DATA_ADDR", data_address)
-        async with running_service("ai", build) as (_runtime, channel):
-            data_channel = grpc.aio.insecure_channel(data_address)
-            shop, other = Tenant(data_channel, "acme"), Tenant(data_channel, "globex")
-            await shop.load(SHOP)
-            await other.load(OTHER)
-            try:
-                yield Ai(ai_pb2_grpc.AiServiceStub(channel), channel, shop, other, settings_env)
-            finally:
-                await data_channel.close()
-
-
-async def fails(call: Any) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    return err.value.code(), err.value.details() or ""
+async def ai(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AiStack]:
+    async with ai_stack(monkeypatch) as running:
+        yield running
 
 
 def test_the_cases_cover_every_intent_with_at_least_20_questions() -> None:
@@ -79,26 +45,23 @@ def test_the_cases_cover_every_intent_with_at_least_20_questions() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.question for c in CASES])
-async def test_questions_become_valid_sql_returning_the_expected_rows(ai: Ai, case: Any) -> None:
-    answer = await ai.ask(case.question)
-    assert answer.valid, f"{case.question!r}: {answer.reason}"
+async def test_questions_become_valid_sql_returning_the_expected_rows(ai: AiStack, case: Case) -> None:
+    answer, wrong = await answer_case(ai, case)
+    assert not wrong, wrong
     assert (answer.source, answer.reason, answer.repaired) == ("embedded", "", False)
     assert answer.sql and answer.explanation
     assert set(answer.tables) <= {"customers", "orders", "products"} and answer.tables
-    got = rows(await ai.shop.run(answer.sql))
-    expected = case.expect if isinstance(case.expect, list) else rows(await ai.shop.run(case.expect))
-    assert same_rows(got, expected, case.ordered), f"{case.question!r}\n{answer.sql}\n{got}\n!= {expected}"
 
 
 @pytest.mark.parametrize("question", UNANSWERABLE)
-async def test_unanswerable_questions_say_so_plainly(ai: Ai, question: str) -> None:
+async def test_unanswerable_questions_say_so_plainly(ai: AiStack, question: str) -> None:
     answer = await ai.ask(question)
     assert not answer.valid and answer.sql == "" and not answer.tables
     assert answer.reason.startswith("cannot answer: "), answer.reason
     assert answer.explanation.lower().startswith("cannot answer")
 
 
-async def test_the_reason_names_what_was_not_understood(ai: Ai) -> None:
+async def test_the_reason_names_what_was_not_understood(ai: AiStack) -> None:
     hat = await ai.ask("show customers with a purple hat")
     assert "'purple'" in hat.reason and "'hat'" in hat.reason
     invoices = await ai.ask("show all invoices")
@@ -110,18 +73,16 @@ async def test_the_reason_names_what_was_not_understood(ai: Ai) -> None:
     assert rows(await ai.shop.run("SELECT COUNT(*) FROM customers")) == [[5]]
 
 
-async def test_ambiguous_columns_are_not_guessed(ai: Ai) -> None:
+async def test_ambiguous_columns_are_not_guessed(ai: AiStack) -> None:
     answer = await ai.ask("show orders with name Laptop")  # customers.name or products.name?
     assert not answer.valid and "customers or products" in answer.reason
 
 
-async def test_a_tenant_never_sees_another_tenants_schema(ai: Ai) -> None:
+async def test_a_tenant_never_sees_another_tenants_schema(ai: AiStack) -> None:
     for question in ("show the payroll", "show all salaries", "list secret projects", "employee names"):
         answer = await ai.ask(question)
-        text = f"{answer.sql} {answer.explanation} {answer.reason} {list(answer.tables)}"
         assert not answer.valid and answer.reason.startswith("cannot answer")
-        assert not any(name in text for name in OTHER_NAMES if name.lower() not in question), text
-        assert "payroll" not in answer.reason or "payroll" in question
+        assert not leaked(answer, question), answer
     # the other tenant has its own schema, and the shop's tables do not exist for it
     own = await ai.ask("average salary", tenant=ai.other)
     assert own.valid and list(own.tables) == ["payroll"]
@@ -135,12 +96,12 @@ async def test_a_tenant_never_sees_another_tenants_schema(ai: Ai) -> None:
     assert "SELECT * FROM payroll" in [s.sql for s in theirs.suggestions]
 
 
-async def test_values_are_matched_ignoring_case_and_returned_as_stored(ai: Ai) -> None:
+async def test_values_are_matched_ignoring_case_and_returned_as_stored(ai: AiStack) -> None:
     answer = await ai.ask("customers whose city is PARIS")
     assert answer.valid and "'Paris'" in answer.sql
 
 
-async def test_suggestions_for_a_table_are_valid_and_run(ai: Ai) -> None:
+async def test_suggestions_for_a_table_are_valid_and_run(ai: AiStack) -> None:
     response = await ai.suggest(table="orders", limit=10)
     suggestions = list(response.suggestions)
     assert len(suggestions) >= 4
@@ -152,7 +113,7 @@ async def test_suggestions_for_a_table_are_valid_and_run(ai: Ai) -> None:
     assert len((await ai.suggest(table="orders", limit=2)).suggestions) == 2
 
 
-async def test_suggestions_complete_sql_being_typed_and_answer_questions(ai: Ai) -> None:
+async def test_suggestions_complete_sql_being_typed_and_answer_questions(ai: AiStack) -> None:
     typed = await ai.suggest(context="SELECT * FROM cu")
     assert typed.suggestions[0].sql == "SELECT * FROM customers"
     column = await ai.suggest(context="SELECT na")
@@ -161,7 +122,7 @@ async def test_suggestions_complete_sql_being_typed_and_answer_questions(ai: Ai)
     assert question.suggestions[0].sql.endswith("WHERE city = 'Berlin'")
 
 
-async def test_bad_requests_are_clear_errors(ai: Ai) -> None:
+async def test_bad_requests_are_clear_errors(ai: AiStack) -> None:
     assert (await fails(ai.ask("   ")))[0] == grpc.StatusCode.INVALID_ARGUMENT
     code, message = await fails(ai.ask("x" * 5000))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "question" in message
@@ -170,7 +131,7 @@ async def test_bad_requests_are_clear_errors(ai: Ai) -> None:
     assert (await fails(ai.suggest(limit=-1)))[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_viewers_may_ask_but_not_for_writes(ai: Ai) -> None:
+async def test_viewers_may_ask_but_not_for_writes(ai: AiStack) -> None:
     viewer = metadata(make_token(sub="v", tenant="acme", roles=("viewer",)))
     answer = await ai.stub.QueryAi(ai_pb2.QueryAiRequest(question="count the orders"), metadata=viewer)
     assert answer.valid
@@ -179,10 +140,12 @@ async def test_viewers_may_ask_but_not_for_writes(ai: Ai) -> None:
     assert code == grpc.StatusCode.PERMISSION_DENIED and "allow_writes" in message
 
 
-async def test_calls_are_audited_with_the_sql_hash_and_the_data_calls_carry_the_caller(ai: Ai) -> None:
+async def test_calls_are_audited_with_the_sql_hash_and_the_data_calls_carry_the_caller(
+    ai: AiStack, settings_env: Path
+) -> None:
     request = ai_pb2.QueryAiRequest(question="orders of Alice")
     await ai.stub.QueryAi(request, metadata=metadata(ai.shop.token, request_id="ai-audit-1"))
-    events = [orjson.loads(line) for line in (ai.data_dir / "audit.log").read_bytes().splitlines()]
+    events = [orjson.loads(line) for line in (settings_env / "audit.log").read_bytes().splitlines()]
     mine = [e for e in events if e["request_id"] == "ai-audit-1"]
     [query] = [e for e in mine if e["action"].endswith("AiService/QueryAi")]
     assert (query["actor"], query["tenant"], query["outcome"], query["ai_source"]) == (
@@ -197,7 +160,7 @@ async def test_calls_are_audited_with_the_sql_hash_and_the_data_calls_carry_the_
     assert all(e["actor"] == "developer-acme" and e["tenant"] == "acme" for e in data_calls)
 
 
-async def test_metrics_count_requests_by_source(ai: Ai) -> None:
+async def test_metrics_count_requests_by_source(ai: AiStack) -> None:
     def sample(name: str, **labels: str) -> float:
         return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -209,7 +172,7 @@ async def test_metrics_count_requests_by_source(ai: Ai) -> None:
     assert sample("launchpad_ai_cannot_answer_total", source="embedded") == unanswered + 1
 
 
-async def test_status_reports_the_embedded_generator(ai: Ai) -> None:
+async def test_status_reports_the_embedded_generator(ai: AiStack) -> None:
     status = await status_pb2_grpc.StatusServiceStub(ai.channel).GetStatus(
         status_pb2.GetStatusRequest(), metadata=ai.shop.md
     )

@@ -6,7 +6,6 @@ statuses, and the key never appears anywhere but the Authorization header."""
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -16,37 +15,12 @@ from typing import Any
 import grpc
 import pytest
 
-from launchpad.ai.v1 import ai_pb2, ai_pb2_grpc
+from launchpad.ai.v1 import ai_pb2
 from launchpad.api.v1 import status_pb2, status_pb2_grpc
-from services.ai.servicer import build
-from tests.services.ai_support import (
-    OTHER,
-    SHOP,
-    FakeOpenAi,
-    Tenant,
-    completion,
-    data_service,
-    fake_openai,
-    rows,
-    sql_reply,
-)
-from tests.support import running_service
+from services.core.server import Runtime
+from tests.services.ai_support import AiStack, Reply, ai_stack, completion, fails, rows, sql_reply
 
 KEY = "sk-test-7f3c9a51d2e84b60"
-
-
-@dataclasses.dataclass
-class Ai:
-    stub: ai_pb2_grpc.AiServiceStub
-    channel: grpc.aio.Channel
-    runtime: Any
-    shop: Tenant
-    fake: FakeOpenAi
-
-    async def ask(self, question: str, **fields: Any) -> ai_pb2.QueryAiResponse:
-        return await self.stub.QueryAi(
-            ai_pb2.QueryAiRequest(question=question, **fields), metadata=self.shop.md
-        )
 
 
 @pytest.fixture
@@ -58,33 +32,16 @@ def llm_env(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Monke
 
 
 @contextlib.asynccontextmanager
-async def started(env: pytest.MonkeyPatch, *replies: Any, delay_s: float = 0.0) -> AsyncIterator[Ai]:
+async def started(env: pytest.MonkeyPatch, *replies: Reply, delay_s: float = 0.0) -> AsyncIterator[AiStack]:
     """The fake model (answering `replies` in turn, the last one repeating), the data service with the shop
     tenant and another tenant loaded, and the AI service in front of both."""
-    with fake_openai(*replies, delay_s=delay_s) as fake:
-        env.setenv("OPENAI_BASE_URL", fake.url)
-        # each start gets its own data dir (a test may start several): tmp_path/data-*
-        env.setenv(
-            "LAUNCHPAD_DATA_DIR",
-            tempfile.mkdtemp(prefix="data-", dir=Path(os.environ["LAUNCHPAD_LOG_DIR"]).parent),
-        )
-        async with data_service() as data_address:
-            env.setenv("LAUNCHPAD_DATA_ADDR", data_address)
-            async with running_service("ai", build) as (runtime, channel):
-                data_channel = grpc.aio.insecure_channel(data_address)
-                shop = Tenant(data_channel, "acme")
-                await shop.load(SHOP)
-                await Tenant(data_channel, "globex").load(OTHER)
-                try:
-                    yield Ai(ai_pb2_grpc.AiServiceStub(channel), channel, runtime, shop, fake)
-                finally:
-                    await data_channel.close()
-
-
-async def fails(call: Any) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    return err.value.code(), err.value.details() or ""
+    # each start gets its own data dir (a test may start several): tmp_path/data-*
+    env.setenv(
+        "LAUNCHPAD_DATA_DIR",
+        tempfile.mkdtemp(prefix="data-", dir=Path(os.environ["LAUNCHPAD_LOG_DIR"]).parent),
+    )
+    async with ai_stack(env, *replies, delay_s=delay_s) as ai:
+        yield ai
 
 
 async def test_the_prompt_holds_the_callers_schema_and_the_sql_is_validated(llm_env: Any) -> None:
@@ -230,23 +187,17 @@ async def test_the_key_is_never_logged_returned_or_reported(llm_env: Any, settin
 @contextlib.asynccontextmanager
 async def model_down(
     env: pytest.MonkeyPatch,
-) -> AsyncIterator[tuple[Any, ai_pb2.QueryAiResponse | grpc.StatusCode]]:
+) -> AsyncIterator[tuple[Runtime, ai_pb2.QueryAiResponse | grpc.StatusCode]]:
     """The AI service configured for a model nobody serves; yields its runtime and one question's outcome."""
     env.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # discard port: nothing answers
-    async with data_service() as data_address:
-        env.setenv("LAUNCHPAD_DATA_ADDR", data_address)
-        async with running_service("ai", build) as (runtime, channel):
-            data_channel = grpc.aio.insecure_channel(data_address)
-            shop = Tenant(data_channel, "acme")
-            await shop.load(SHOP)
-            request = ai_pb2.QueryAiRequest(question="count the orders")
-            try:
-                yield runtime, await ai_pb2_grpc.AiServiceStub(channel).QueryAi(request, metadata=shop.md)
-            except grpc.aio.AioRpcError as exc:
-                assert "language model" in (exc.details() or "")
-                yield runtime, exc.code()
-            finally:
-                await data_channel.close()
+    async with ai_stack(env) as ai:
+        outcome: ai_pb2.QueryAiResponse | grpc.StatusCode
+        try:
+            outcome = await ai.ask("count the orders")
+        except grpc.aio.AioRpcError as exc:
+            assert "language model" in (exc.details() or "")
+            outcome = exc.code()
+        yield ai.runtime, outcome
 
 
 async def test_an_unreachable_model_falls_back_to_the_embedded_generator(llm_env: Any) -> None:

@@ -9,8 +9,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from launchpad.ai.v1 import ai_pb2
 from launchpad.auth.v1 import auth_pb2
 from launchpad.data.v1 import data_pb2
+from services.ai.servicer import build as build_ai
 from services.auth.app import build as build_auth
 from services.core.contracts import method_policy, wire_name
 from services.data.servicer import build as build_data
@@ -19,6 +21,8 @@ from tests.support import metadata, running_service
 SERVICES = {
     "data": (build_data, data_pb2.DESCRIPTOR.services_by_name["DataService"]),
     "auth": (build_auth, auth_pb2.DESCRIPTOR.services_by_name["AuthService"]),
+    # Refused before any work: the data service it asks (LAUNCHPAD_DATA_ADDR) need not run.
+    "ai": (build_ai, ai_pb2.DESCRIPTOR.services_by_name["AiService"]),
 }
 CASES = [(name, method.name) for name, (_, service) in SERVICES.items() for method in service.methods]
 PRIVATE = [

@@ -129,6 +129,16 @@ Args: (dict "root" $ "name" "deploy").
 - name: LOKI_URL
   value: {{ $deps.loki.url | quote }}
 {{- end }}
+{{- if eq $name "ai" }}
+{{- /* Optional: without the key the embedded generator answers, so the release runs with no model. */}}
+{{ include "launchpad.secretEnv" (dict "root" $root "key" "OPENAI_KEY" "optional" true) }}
+- name: OPENAI_BASE_URL
+  value: {{ $deps.llm.baseUrl | quote }}
+- name: OPENAI_MODEL
+  value: {{ $deps.llm.model | quote }}
+- name: LAUNCHPAD_AI_TIMEOUT_MS
+  value: {{ int $deps.llm.timeoutMs | toString | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* The secret files a process mounts (volumes and volumeMounts). Args: (dict "root" $ "name" "auth"). */}}
@@ -256,6 +266,15 @@ messages or data. Called once, from configmap.yaml.
 {{- end -}}
 {{- if and $v.backends.auth.enabled (gt (int $v.backends.auth.replicas) 1) (not $v.secrets.jwtSigningKey.secretName) -}}
 {{- fail (printf "backends.auth.replicas=%d needs secrets.jwtSigningKey.secretName: each pod would otherwise sign with a key of its own" (int $v.backends.auth.replicas)) -}}
+{{- end -}}
+{{- if not (regexMatch "^https?://[^/]" (toString $deps.llm.baseUrl)) -}}
+{{- fail (printf "dependencies.llm.baseUrl must be an http(s):// URL (e.g. https://api.openai.com/v1), got %q" (toString $deps.llm.baseUrl)) -}}
+{{- end -}}
+{{- if not $deps.llm.model -}}
+{{- fail "dependencies.llm.model must name a model (OPENAI_MODEL), e.g. gpt-4o-mini" -}}
+{{- end -}}
+{{- if le (int $deps.llm.timeoutMs) 0 -}}
+{{- fail (printf "dependencies.llm.timeoutMs must be a positive number of milliseconds, got %v" $deps.llm.timeoutMs) -}}
 {{- end -}}
 {{- range $key, $_ := $v.config -}}
 {{- if regexMatch "(?i)(DSN|PASSWORD|SECRET|TOKEN|KEY|REDIS_URL)" $key -}}
