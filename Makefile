@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)/generated:$(CURDIR)
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(sort $(shell find protos -name "*.proto"))
 
-.PHONY: venv proto lint up test test-live bench audit-verify clean
+.PHONY: venv proto lint up test test-live report bench audit-verify clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
@@ -35,8 +35,14 @@ generated/.stamp: $(PROTOS) | venv
 up: venv generated/.stamp
 	$(PY) -m services.launcher
 
+# pytest's output also goes to reports/logs/F.backend_tests.log (the seed's test log; `make report` reads it).
 test: venv generated/.stamp
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	mkdir -p reports/logs
+	set -o pipefail; $(PY) -m pytest -q -rfEs $(PYTEST_ARGS) 2>&1 | tee reports/logs/F.backend_tests.log
+
+# reports/F.backend_wiring_summary.md: a stack on its own ports (37001, 37011-37018), called; see services/report.py.
+report: venv generated/.stamp
+	$(PY) -m services.report
 
 bench: venv generated/.stamp
 	$(PY) -m tests.bench

@@ -127,6 +127,9 @@ async def create_server(
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
             ("grpc.max_send_message_length", _MAX_MESSAGE),
+            # gRPC sets SO_REUSEPORT by default: a second `make up` would then start beside the first and
+            # share its ports silently. Without it, the second one fails to bind and says so.
+            ("grpc.so_reuseport", 0),
         ],
     )
     for spec in specs:
@@ -138,7 +141,11 @@ async def create_server(
     reflection.enable_server_reflection(
         [*names, status_descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{settings.host}:{settings.port if port is None else port}")
+    address = f"{settings.host}:{settings.port if port is None else port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError:
+        raise SystemExit(f"{settings.service}: cannot listen on {address}: is it already running?") from None
     await server.start()
     await _publish_health(runtime, names)
     runtime.tasks.append(asyncio.create_task(_watch_health(runtime, names)))
