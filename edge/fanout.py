@@ -160,7 +160,6 @@ class Relay:
         self._ctx, self._method = ctx, method
         self._service = service
         self._secret = secret
-        self._frame_cls = codec.message_class(method.output_type.fields_by_name["frame"].message_type)
         self._encode = codec.encoder(method.output_type.fields_by_name["frame"].message_type)
         self._request_cls = codec.message_class(method.input_type)
         self._channels: dict[Key, set[Subscription]] = {}
@@ -293,7 +292,6 @@ class FanoutSocket:
         self.relay = Relay(ctx, spec.service, service.methods_by_name[spec.policy.websocket_relay], secret)
         self._publish_method = publish = service.methods_by_name["Publish"]
         self._publish_timeout_s = method_policy(publish).timeout_ms / 1000
-        self._publish_request = codec.message_class(publish.input_type)
         self._response = codec.message_class(spec.method.output_type)
         self._request_cls = codec.message_class(spec.method.input_type)
         self._decode = codec.decoder(spec.method.input_type)

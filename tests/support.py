@@ -12,6 +12,8 @@ from typing import Any
 
 import grpc
 import jwt
+import psycopg2
+import psycopg2.extensions
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
@@ -19,6 +21,7 @@ from jwt.algorithms import ECAlgorithm
 from services.core.config import load_settings
 from services.core.server import Runtime, ServiceSpec, create_server, new_runtime
 from services.core.tokens import StaticKeys
+from services.data.pg_backend import tenant_database_prefix
 
 ISSUER, AUDIENCE = "launchpad-auth", "launchpad"
 TEST_KID = "test-key-1"
@@ -138,3 +141,34 @@ def stored_object(storage_path: str, settings: Any) -> bytes:
             await store.close()
 
     return asyncio.run(read())
+
+
+class PrivateDatabase:
+    """A platform database of our own on the live PostgreSQL, dropped afterwards with every tenant database
+    and role made from it (they are cluster-wide and share its name's prefix)."""
+
+    def __init__(self, server_dsn: str) -> None:
+        self.server_dsn = server_dsn
+        self.name = f"lp_it_{uuid.uuid4().hex[:10]}"
+        self.dsn = psycopg2.extensions.make_dsn(server_dsn, dbname=self.name)
+        self._admin(f'CREATE DATABASE "{self.name}"')
+
+    def _admin(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        conn = psycopg2.connect(self.server_dsn)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+
+    def drop(self) -> None:
+        prefix = tenant_database_prefix(self.name)
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        for (name,) in self._admin(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
+        ):
+            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for (name,) in self._admin("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)):
+            self._admin(f'DROP ROLE IF EXISTS "{name}"')

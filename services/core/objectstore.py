@@ -12,18 +12,20 @@ is never listed and is swept when the store opens. Hashing the key keeps any val
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import ipaddress
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 import orjson
 
@@ -47,6 +49,20 @@ DEFAULT_CONTENT_TYPE = "application/octet-stream"
 REMEDIATION = "set MINIO_ENDPOINT, MINIO_ACCESS_KEY and MINIO_SECRET_KEY to an S3 server that answers"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+T = TypeVar("T")
+
+
+async def _settled(work: Awaitable[T]) -> T:
+    """Awaits pool work; when cancelled, lets it finish first, so cleanup never races a thread on the file."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await task
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,12 +274,22 @@ class FolderStore:
         out.close()
         temp.unlink(missing_ok=True)
 
+    def _abort_opened(self, opening: asyncio.Future[tuple[Path, Path, IO[bytes]]]) -> None:
+        if not opening.cancelled() and opening.exception() is None:
+            _, temp, out = opening.result()
+            self._abort(temp, out)
+
     async def write_stream(
         self, bucket: str, key: str, chunks: AsyncIterator[bytes], content_type: str, max_bytes: int
     ) -> ObjectInfo:
         """Streams chunks to a temporary file, refusing (and deleting it) once more than max_bytes arrived."""
         check_content_type(content_type)
-        final, temp, out = await self._pool.run(self._open_temp, bucket, key)
+        opening = asyncio.ensure_future(self._pool.run(self._open_temp, bucket, key))
+        try:
+            final, temp, out = await asyncio.shield(opening)
+        except asyncio.CancelledError:  # cancelled while the pool thread made the file: remove it once made
+            opening.add_done_callback(self._abort_opened)
+            raise
         digest, size = hashlib.sha256(), 0
         try:
             async for chunk in chunks:
@@ -271,7 +297,7 @@ class FolderStore:
                 if size > max_bytes:
                     raise TooLarge(f"upload larger than {max_bytes} bytes", limit=max_bytes)
                 digest.update(chunk)
-                await self._pool.run(out.write, chunk)
+                await _settled(self._pool.run(out.write, chunk))
             info = ObjectInfo(
                 key, size, digest.hexdigest(), content_type or DEFAULT_CONTENT_TYPE, datetime.now(UTC)
             )

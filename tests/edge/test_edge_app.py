@@ -158,11 +158,16 @@ async def kit_server(
         await runtime.close()
 
 
+_HELD: list[socket.socket] = []
+
+
 def free_address() -> str:
-    """An address where nothing listens (a backend that is down)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    """An address where nothing listens (a backend that is down). The port stays bound (not listening) for the
+    rest of the run: connecting is refused, and no server started later with port 0 can be handed it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @dataclasses.dataclass

@@ -132,8 +132,8 @@ async def test_sim_when_simulation_mode_is_on(settings_env: Any, monkeypatch: py
 
 
 async def test_backend_down_is_degraded_503(settings_env: Any) -> None:
-    down = free_address()
     async with backend_server(Backend()) as a:
+        down = free_address()
         response = await get_health({"data": a, "auth": down})
     assert response.status_code == 503
     body = response.json()

@@ -24,17 +24,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 import orjson
-import psycopg2
-import psycopg2.extensions
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from services.core.audit import verify_chain
 from services.core.config import EDGE_PORT, METRICS_PORT_OFFSET, SERVICES, built_services
-from services.data.pg_backend import tenant_database_prefix
 from services.launcher import Stack
 from tests.conftest import LIVE_ENV
-from tests.support import need_env
+from tests.support import PrivateDatabase, need_env
 
 PASSWORD = "endpoints-admin-pw-1"
 DOCUMENTED_PORTS = (
@@ -82,37 +79,6 @@ def wait_ports_free(timeout_s: float = 15) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"ports {busy} are in use: stop the Launchpad running there (make up?) and rerun")
         time.sleep(0.2)
-
-
-class PrivateDatabase:
-    """A platform database of our own on the live PostgreSQL, dropped afterwards with every tenant database
-    and role made from it (they are cluster-wide and share its name's prefix)."""
-
-    def __init__(self, server_dsn: str) -> None:
-        self.server_dsn = server_dsn
-        self.name = f"lp_it_{uuid.uuid4().hex[:10]}"
-        self.dsn = psycopg2.extensions.make_dsn(server_dsn, dbname=self.name)
-        self._admin(f'CREATE DATABASE "{self.name}"')
-
-    def _admin(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = psycopg2.connect(self.server_dsn)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
-
-    def drop(self) -> None:
-        prefix = tenant_database_prefix(self.name)
-        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        for (name,) in self._admin(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
-        ):
-            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        for (name,) in self._admin("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)):
-            self._admin(f'DROP ROLE IF EXISTS "{name}"')
 
 
 def base_env(data_dir: Path) -> dict[str, str]:

@@ -36,7 +36,7 @@ import pytest
 from services.core.audit import verify_chain
 from services.launcher import ROOT, Stack
 from tests.conftest import LIVE_ENV
-from tests.support import live_required, need_env
+from tests.support import PrivateDatabase, live_required, need_env
 
 PASSWORD = "faults-pw-1"
 WAIT_S = 60.0  # upper bound of every wait for a state change, not a timing assertion
@@ -234,17 +234,22 @@ class TcpProxy:
 
 @pytest.fixture
 def pg_through_proxy() -> Iterator[tuple[str, TcpProxy]]:
-    """The live POSTGRES_DSN rewritten to go through a TcpProxy on 127.0.0.1:35150."""
+    """A private database on the live PostgreSQL (the suite's own platform database keeps its admin), reached
+    through a TcpProxy on 127.0.0.1:35150."""
     dsn = LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN")
     parts = urlsplit(dsn)
     if parts.scheme not in ("postgresql", "postgres") or not parts.hostname:
         pytest.fail(f"POSTGRES_DSN must be a postgresql:// URL for this test, got scheme {parts.scheme!r}")
+    database = PrivateDatabase(dsn)
     proxy = TcpProxy(35150, (parts.hostname, parts.port or 5432))
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
     proxy.restore()
-    yield urlunsplit(parts._replace(netloc=netloc)), proxy
-    proxy.cut()
+    try:
+        yield urlunsplit(parts._replace(netloc=netloc, path=f"/{database.name}")), proxy
+    finally:
+        proxy.cut()
+        database.drop()
 
 
 def files_under(folder: Path, *patterns: str) -> list[Path]:
