@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -172,3 +173,15 @@ class PrivateDatabase:
             self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         for (name,) in self._admin("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)):
             self._admin(f'DROP ROLE IF EXISTS "{name}"')
+
+
+_HELD: list[socket.socket] = []
+
+
+def free_address() -> str:
+    """An address where nothing listens (a backend that is down). The port stays bound (not listening) for the
+    rest of the run: connecting is refused, and no server started later with port 0 can be handed it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    _HELD.append(sock)
+    return f"127.0.0.1:{sock.getsockname()[1]}"

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,7 +36,7 @@ from services.core.context import current_principal
 from services.core.deps import Mode
 from services.core.errors import Code, ServiceError
 from services.core.server import Runtime, ServiceSpec, create_server, new_runtime
-from tests.support import AUDIENCE, ISSUER, TEST_JWKS, TEST_KEYS, TEST_KID, make_token
+from tests.support import AUDIENCE, ISSUER, TEST_JWKS, TEST_KEYS, TEST_KID, free_address, make_token
 
 # ------------------------------------------------------------------------------------ test servicers
 
@@ -156,18 +155,6 @@ async def kit_server(
     finally:
         await server.stop(None)
         await runtime.close()
-
-
-_HELD: list[socket.socket] = []
-
-
-def free_address() -> str:
-    """An address where nothing listens (a backend that is down). The port stays bound (not listening) for the
-    rest of the run: connecting is refused, and no server started later with port 0 can be handed it."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    _HELD.append(sock)
-    return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 @dataclasses.dataclass

@@ -21,9 +21,9 @@ from services.core import internal
 from services.core.config import load_settings
 from services.core.server import create_server, new_runtime
 from services.realtime.app import build
-from tests.edge.test_edge_app import edge_app, free_address
+from tests.edge.test_edge_app import edge_app
 from tests.edge.test_websocket import _verifier, closed_with, frame, send, serve_http
-from tests.support import TEST_KEYS, make_token, metadata
+from tests.support import TEST_KEYS, free_address, make_token, metadata
 
 
 class Edge:

@@ -23,8 +23,8 @@ from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.core.context import current_principal
 from services.core.errors import PermissionDenied, Unavailable
 from services.core.server import ServiceSpec
-from tests.edge.test_edge_app import edge_app, free_address, kit_server
-from tests.support import make_token
+from tests.edge.test_edge_app import edge_app, kit_server
+from tests.support import free_address, make_token
 
 
 class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):

@@ -19,6 +19,7 @@ import pytest
 
 from services.report import ROOT, parse_test_log
 from tests.integration.test_endpoints import STRIPPED_PREFIXES
+from tests.support import free_address
 
 BASE_PORT = 38500
 TEST_LOG = """\
@@ -31,16 +32,10 @@ SKIPPED [1] tests/live/test_example.py:12: PROM_URL not set
 """
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:  # nothing listens on it once this closes
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def secret_env() -> dict[str, str]:
     tag = uuid.uuid4().hex[:12]
-    dead = closed_port()
+    dead = int(free_address().rsplit(":", 1)[1])
     return {
         "VAULT_ADDR": f"http://127.0.0.1:{dead}",
         "VAULT_TOKEN": f"hvs.vault-token-{tag}",

@@ -141,19 +141,24 @@ class _Gate:
     def __init__(self, host: str, port: int) -> None:
         self._target = (host, port)
         self._server: asyncio.AbstractServer | None = None
+        self._socket: socket.socket | None = None
 
-    @staticmethod
-    def reserve_port() -> int:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            return probe.getsockname()[1]
+    def reserve_port(self) -> int:
+        """A port bound now and listened on when the gate opens: connecting is refused until then, and no
+        other socket can take the port meanwhile."""
+        self._socket = socket.socket()
+        self._socket.bind(("127.0.0.1", 0))
+        return self._socket.getsockname()[1]
 
     async def open(self, port: int) -> None:
-        self._server = await asyncio.start_server(self._forward, "127.0.0.1", port)
+        assert self._socket is not None and self._socket.getsockname()[1] == port
+        self._server = await asyncio.start_server(self._forward, sock=self._socket)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        elif self._socket is not None:
+            self._socket.close()
 
     async def _forward(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection(*self._target)

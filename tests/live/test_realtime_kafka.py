@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from services.realtime.app import build
 from services.realtime.backends import kafka_topic
 from tests.conftest import LIVE_ENV
 from tests.services.test_realtime import Client, value
-from tests.support import make_token, metadata, need_env, running_service
+from tests.support import free_address, make_token, metadata, need_env, running_service
 
 
 @pytest.fixture
@@ -22,12 +21,6 @@ def kafka_url(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     url = LIVE_ENV["KAFKA_URL"] or need_env("KAFKA_URL")
     monkeypatch.setenv("KAFKA_URL", url)
     return url
-
-
-def dead_address() -> str:
-    with socket.socket() as sock:  # a port nobody listens on once this closes
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_topic_names_are_kafka_safe_and_keep_tenants_apart() -> None:
@@ -44,7 +37,7 @@ def test_topic_names_are_kafka_safe_and_keep_tenants_apart() -> None:
 async def test_broker_down_falls_back_in_auto_mode(
     settings_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KAFKA_URL", dead_address())
+    monkeypatch.setenv("KAFKA_URL", free_address())
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # ignored: KAFKA_URL wins
     async with running_service("realtime", build) as (runtime, _):
         [dep] = runtime.deps.all()
@@ -54,7 +47,7 @@ async def test_broker_down_falls_back_in_auto_mode(
 async def test_broker_down_with_simulation_off_is_unhealthy_not_in_process(
     settings_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("KAFKA_URL", dead_address())
+    monkeypatch.setenv("KAFKA_URL", free_address())
     monkeypatch.setenv("SIMULATION_MODE", "false")
     async with running_service("realtime", build) as (runtime, channel):
         [dep] = runtime.deps.all()
