@@ -56,6 +56,9 @@ from services.ai.words import (
 FindValues = Callable[[str, list[str], list[str]], Awaitable[list[tuple[str, str]]]]
 
 
+TEXT_OPS = frozenset({"CONTAINS", "STARTS", "ENDS"})  # comparisons that only fit a text column
+
+
 class Reading:
     """One question read against one schema: the parts of the SELECT it asks for."""
 
@@ -506,7 +509,9 @@ class Reading:
         if not values:
             return
         words = " ".join(t.text for t in self.toks[i:end])
-        ref = self._column_before(i, values[0], concept) or self._implied_column(concept, values[0], words)
+        ref = self._column_before(i, values[0], concept) or self._implied_column(
+            op, concept, values[0], words
+        )
         if self.column(ref).kind == "time" and isinstance(values[0], int) and 1000 <= values[0] <= 9999:
             op, values = _year_bound(op, values[0])
         self.add_cond(ref, op, values)
@@ -535,11 +540,17 @@ class Reading:
                 return ref
         return None
 
-    def _implied_column(self, concept: str, value: object, words: str) -> Ref:
+    def _implied_column(self, op: str, concept: str, value: object, words: str) -> Ref:
         if concept == TIME or (isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}", value)):
             return self.time_column(self.main, words)
         if concept == MONEY:
             return self.money_column(self.main, words)
+        if op in TEXT_OPS:  # notes containing hello: the table's one text column, if it has just one
+            texts = [c for c in self.index.table(self.main).columns if c.kind == "text"]
+            if len(texts) == 1:
+                return (self.main, texts[0].name)
+            choices = ", ".join(c.name for c in texts) or "none"
+            raise CannotAnswer(f"which column of {self.main} should be {words}? (text columns: {choices})")
         numbers = [c for c in self.index.table(self.main).columns if c.kind == "number" and not c.primary_key]
         numbers = [c for c in numbers if not c.name.lower().endswith("_id")]
         money = [c for c in numbers if {"price", "total"} & set(name_key(c.name))]

@@ -86,3 +86,20 @@ def test_identifiers_are_quoted_only_when_needed_and_literals_escaped() -> None:
         '"we""ird"',
     ]
     assert [literal(v) for v in ("O'Brien", 3, 2.5, True)] == ["'O''Brien'", "3", "2.5", "TRUE"]
+
+
+async def _no_values(table: str, columns: list[str], words: list[str]) -> list[tuple[str, str]]:
+    return []
+
+
+async def test_containing_without_a_column_uses_the_only_text_column() -> None:
+    from services.ai.embedded import generate
+    from services.ai.schema import Schema, Table
+
+    notes = Table("notes", (Column("id", "integer", primary_key=True), Column("body", "text")))
+    draft = await generate("notes containing hello", Schema((notes,), "sqlite"), _no_values)
+    assert "body" in draft.sql and "%hello%" in draft.sql
+    two = Table("notes", (*notes.columns, Column("title", "text")))
+    with pytest.raises(CannotAnswer) as err:
+        await generate("notes containing hello", Schema((two,), "sqlite"), _no_values)
+    assert "text columns: body, title" in err.value.reason
