@@ -15,6 +15,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,19 +31,24 @@ class Stack:
     env: dict[str, str]
     services: list[str] = field(default_factory=built_services)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    output: Any = None  # where the processes' stdout/stderr go (a file, subprocess.DEVNULL); None: inherited
 
     def start(self, timeout_s: float = 60.0) -> None:
         env = {**self.env, "LAUNCHPAD_BACKENDS": ",".join(self.services)}
         env["PYTHONPATH"] = f"{ROOT / 'generated'}:{ROOT}"
         # auth first: every other process fetches its JWKS to verify tokens.
         for name in self.services:
-            self.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, cwd=ROOT)
-        self.procs["edge"] = subprocess.Popen([sys.executable, "-m", "edge"], env=env, cwd=ROOT)
+            self.procs[name] = self._spawn(f"services.{name}", env)
+        self.procs["edge"] = self._spawn("edge", env)
         try:
             self.wait_healthy(timeout_s)
         except BaseException:
             self.stop()
             raise
+
+    def _spawn(self, module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", module]
+        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=self.output, stderr=self.output)
 
     def wait_healthy(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

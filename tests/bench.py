@@ -156,7 +156,8 @@ def main() -> int:
     _ensure_wrk()
     data_dir = Path(tempfile.mkdtemp(prefix="launchpad-bench-"))
     env = stack_env(data_dir)
-    stack = Stack(env)
+    output = open(data_dir / "stack.out", "wb")  # noqa: SIM115 -- one line per RPC: not on the terminal
+    stack = Stack(env, output=output)
     stack.start()
     plain = _start_plain(env)
     try:

@@ -212,7 +212,8 @@ def _raise_fd_limit(needed: int) -> None:
 def main() -> int:
     _raise_fd_limit(CLIENTS * 2 + 512)
     data_dir = Path(tempfile.mkdtemp(prefix="launchpad-bench-rt-"))
-    stack = Stack(stack_env(data_dir, BASE_PORT), services=["auth", "realtime"])
+    output = open(data_dir / "stack.out", "wb")  # noqa: SIM115 -- one line per RPC: not on the terminal
+    stack = Stack(stack_env(data_dir, BASE_PORT), services=["auth", "realtime"], output=output)
     print(f"\nrealtime fan-out: {CLIENTS} subscribers, {RATE:g} msg/s for {DURATION_S:g}s", flush=True)
     stack.start()
     bare = _start_bare()

@@ -34,6 +34,7 @@ from services.core.metrics import AUTH_FAILURES, MethodMetrics
 from services.core.tokens import TokenVerifier
 
 log = logging.getLogger("launchpad.kit")
+rpc_log = logging.getLogger("launchpad.rpc")
 DETAILS_KEY = "launchpad-error-details-bin"
 _MAX_REQUEST_ID = 128
 INTERNAL_CALLER = Principal(subject="launchpad-internal", tenant="", roles=())
@@ -106,8 +107,22 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
         return call
 
     def finish(self, call: CallContext | None, policy: MethodPolicy, code: str, started: float) -> None:
-        """Step 7: audit (before the response is sent) and metrics."""
+        """Step 7: audit (before the response is sent), metrics, and one log line per RPC (what the logs API
+        finds by request id)."""
+        elapsed = time.perf_counter() - started
         if call is not None:
+            rpc_log.info(
+                "%s %s %.1f ms",
+                policy.full_name,
+                code,
+                elapsed * 1000,
+                extra={
+                    "request_id": call.request_id,
+                    "tenant": call.tenant,
+                    "rpc": policy.full_name,
+                    "code": code,
+                },
+            )
             event = {
                 "request_id": call.request_id,
                 "service": self._service,
@@ -120,7 +135,7 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
             }
             self._audit.append(event)
         metrics = _method_metrics(self._service, policy.full_name)
-        metrics.observe(code, time.perf_counter() - started)
+        metrics.observe(code, elapsed)
 
 
 _METRICS: dict[str, MethodMetrics] = {}

@@ -17,6 +17,9 @@ from services.core.context import current_request_id, current_tenant
 _STD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+_SET = frozenset({"request_id", "tenant"})  # fields the entry already has
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -30,10 +33,11 @@ class JsonFormatter(logging.Formatter):
             "service": self._service,
             "logger": record.name,
             "request_id": getattr(record, "request_id", "") or current_request_id(),
-            "tenant": current_tenant(),  # the logs service scopes lines by it
+            # the logs service scopes lines by it; `extra={"tenant": ...}` names it after the call context ended
+            "tenant": getattr(record, "tenant", "") or current_tenant(),
             "message": record.getMessage(),
         }
-        entry.update({k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and k != "request_id"})
+        entry.update({k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and k not in _SET})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(entry, default=str).decode()

@@ -372,9 +372,21 @@ def test_logs_query_finds_a_request_by_its_id(client: httpx.Client, admin: dict[
     assert response.status_code == 200, response.text
     assert response.json()["mode"] == "embedded"  # no Loki in either run
     entries = response.json()["entries"]
-    assert [(e["request_id"], e["service"], e["message"]) for e in entries] == [
-        (request_id, "auth", "failed login")
-    ]
+    assert {(e["request_id"], e["service"]) for e in entries} == {(request_id, "auth")}
+    messages = sorted(e["message"] for e in entries)
+    assert messages[0].startswith("/launchpad.auth.v1.AuthService/Login UNAUTHENTICATED ")  # the RPC's line
+    assert messages[1:] == ["failed login"]
+    # Every RPC leaves one line, in the caller's tenant: a query finds its own request.
+    query_id = f"it-logs-{uuid.uuid4().hex}"
+    ok = client.post("/api/data/query", json={"sql": "SELECT 1"}, headers={**admin, "x-request-id": query_id})
+    assert ok.status_code == 200
+    body = {"query": f'{{service="data"}} |= "{query_id}"', "limit": 10}
+    found = eventually(
+        lambda: client.post("/api/logs/query", json=body, headers=admin),
+        lambda r: r.status_code != 200 or r.json()["entries"],
+    )
+    assert [(e["request_id"], e["level"]) for e in found.json()["entries"]] == [(query_id, "info")]
+    assert found.json()["entries"][0]["message"].startswith("/launchpad.data.v1.DataService/Query OK ")
 
 
 def test_metrics_query(run: Run, client: httpx.Client, admin: dict[str, str]) -> None:
