@@ -385,7 +385,8 @@ class FanoutSocket:
             self.relay.detach(sub)
             raise
         recovering = offset is not None and (not epoch or epoch == subscribed.epoch)
-        sub.last = offset if recovering and offset is not None else subscribed.offset
+        # an offset from the future (another epoch in all but name) starts from now, as on the service
+        sub.last = min(offset, subscribed.offset) if recovering and offset is not None else subscribed.offset
         sock.outbox.offer(self.relay.text(subscribed))
         sub.start(replay)
 

@@ -169,7 +169,7 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
         if offset is not None and (not epoch or epoch == sub.epoch):
             history = await self._hub.backend.since(sub.channel, offset)
             replay, recovered = history.entries, history.recovered
-            sub.last = offset
+            sub.last = min(offset, top)  # an offset from the future (another epoch in all but name): from now
         else:
             sub.last = top
         if conn.subscriptions.get(topic) is not sub:

@@ -250,3 +250,12 @@ async def test_the_relay_needs_the_internal_credential(edge: Edge) -> None:
     secret = internal.internal_secret(load_settings("realtime"))
     answer = await one((("x-request-id", "r"), (internal.METADATA_KEY, secret)))
     assert answer.id == 1 and answer.frame.type == "subscribed" and answer.tenant == "acme"
+
+
+async def test_an_offset_from_the_future_starts_from_now(edge: Edge) -> None:
+    async with edge.connect() as ws:
+        await send(ws, {"subscribe": "future", "offset": 10**9})
+        subscribed = await frame(ws)
+        assert subscribed["type"] == "subscribed" and subscribed["recovered"] is False
+        await edge.publish("future", {"n": 1})
+        assert (await until(ws, "message"))["message"] == {"n": 1}  # not held back until offset 10**9

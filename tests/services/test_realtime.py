@@ -137,6 +137,16 @@ async def test_reconnect_with_offset_recovers_missed_messages(stub: Any) -> None
     other.call.cancel()
 
 
+async def test_an_offset_from_the_future_starts_from_now(stub: Any) -> None:
+    token = make_token()
+    c = Client(stub, token)
+    await c.send(subscribe="future", offset=10**9)
+    assert (await c.read()).recovered is False
+    await stub.Publish(realtime_pb2.PublishRequest(topic="future", msg=value(n=1)), metadata=metadata(token))
+    assert (await c.until("message")).offset == 1  # not held back until offset 10**9
+    c.call.cancel()
+
+
 async def test_recovery_beyond_the_bounded_history_says_not_recovered(
     settings_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
