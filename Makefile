@@ -7,7 +7,7 @@ export PYTHONPATH := $(CURDIR)/generated:$(CURDIR)
 SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 PROTOS := $(sort $(shell find protos -name "*.proto"))
 
-.PHONY: venv proto lint up test test-live report bench audit-verify clean
+.PHONY: venv proto lint up test report bench audit-verify clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml

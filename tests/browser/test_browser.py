@@ -285,7 +285,8 @@ def test_websocket_with_a_forged_token_is_refused(stack: Stack, pages: dict[str,
             ws.onopen = () => ws.send(JSON.stringify({subscribe: topic}));
             ws.onmessage = (event) => frames.push(JSON.parse(event.data));
             ws.onclose = (event) => resolve({code: event.code, frames});
-        })""",
+            setTimeout(() => resolve({code: "no close within the wait", frames}), WAIT_MS);
+        })""".replace("WAIT_MS", str(WAIT_MS)),
         [stack.edge_url.replace("http://", "ws://") + "/ws/realtime?token=forged.token.value", TOPIC],
     )
     assert outcome["code"] == 1008, outcome

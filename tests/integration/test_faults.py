@@ -218,6 +218,10 @@ class TcpProxy:
             upstream.settimeout(None)
             client.settimeout(None)
             with self._lock:
+                if self._listener is not listener:  # cut() ran meanwhile: this one must not survive it
+                    client.close()
+                    upstream.close()
+                    continue
                 self._open.update((client, upstream))
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
@@ -244,8 +248,8 @@ def pg_through_proxy() -> Iterator[tuple[str, TcpProxy]]:
     proxy = TcpProxy(35150, (parts.hostname, parts.port or 5432))
     userinfo = parts.netloc.rpartition("@")[0]
     netloc = f"{userinfo}@127.0.0.1:{proxy.port}" if userinfo else f"127.0.0.1:{proxy.port}"
-    proxy.restore()
     try:
+        proxy.restore()
         yield urlunsplit(parts._replace(netloc=netloc, path=f"/{database.name}")), proxy
     finally:
         proxy.cut()
@@ -335,7 +339,11 @@ class PrivateRedis:
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(15)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def _port_taken(self) -> bool:
         try:
@@ -365,9 +373,11 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     folder = tmp_path / "redis"
     folder.mkdir()
     server = PrivateRedis(35250, folder)
-    server.start()
-    yield server
-    server.stop()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 def publish(http: httpx.Client, admin: dict[str, str], topic: str, msg: Any) -> httpx.Response:
