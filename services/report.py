@@ -5,8 +5,16 @@ Branch and commit, which environment variables are present (names only), the tes
 or the live servers the environment names), the files of the system, each dependency's mode with its BLOCKED
 items and their remediation, and the test log.
 
-Secrets never reach the file: tokens, signatures and passwords are redacted where they are produced, and the
-finished text is scrubbed once more of every secret-looking variable's value (see `Scrubber`).
+Secrets never reach the file: tokens, signatures and passwords are redacted where they are produced, every
+answer is scrubbed before it is cut to length, and the finished text is scrubbed once more (see `Scrubber`):
+every secret-looking variable's value (also JSON-escaped and URL-quoted), URL signature parameters and JWTs.
+The stack's own output goes to a file (--stack-log, reports/logs/F.report_stack.log), not to the terminal.
+
+The admin logs in with LAUNCHPAD_ADMIN_PASSWORD when set. Otherwise the report makes up a password; on a live
+PostgreSQL without an admin the stack creates `admin` with it, and the report prints it once to stderr (a live
+database that already has an admin needs LAUNCHPAD_ADMIN_PASSWORD). Against live servers a run also leaves an
+empty `report-...` bucket, a WPK artifact with its deployment and their audit entries; the user and the sample
+table it creates are deleted again.
 """
 
 from __future__ import annotations
@@ -26,8 +34,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import IO, Any
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 import httpx
 
@@ -37,10 +45,13 @@ from services.launcher import Stack
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "reports" / "F.backend_wiring_summary.md"
 DEFAULT_LOG = ROOT / "reports" / "logs" / "F.backend_tests.log"
+DEFAULT_STACK_LOG = ROOT / "reports" / "logs" / "F.report_stack.log"  # the report's stack's stdout/stderr
 # Edge base+1, services base+11..base+18, their /metrics base+1011..: beside `make up` and the test stacks.
 DEFAULT_BASE_PORT = 37000
 LOG_TAIL_LINES = 150
 OUTPUT_LIMIT = 3000  # characters of one response shown in the report
+STACK_LOG_LINES = 40  # of the stack's output, quoted when it did not start
+PROMETHEUS_RESULT_TYPES = ("vector", "matrix", "scalar", "string")
 
 # The seed's "Environment (required)" list, plus the variables this implementation reads for the same things.
 ENV_VARS: tuple[tuple[str, str], ...] = (
@@ -65,9 +76,18 @@ ENV_VARS: tuple[tuple[str, str], ...] = (
 )
 # Set by the report for its own stack; the caller's values would move it onto other ports or folders.
 _STACK_OWNED = re.compile(r"LAUNCHPAD_(\w+_PORT|\w+_ADDR|DATA_DIR|LOG_DIR|PUBLIC_URL|BACKENDS)")
-_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|DSN|CREDENTIAL")
-_JWT = re.compile(r"eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]{4,}")
+_SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD|PASSWD|DSN|CREDENTIAL", re.IGNORECASE)
+_JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]*")  # an unsigned one (empty third part) too
 _URL_SIGNATURE_PARAMS = {"sig", "signature", "x-amz-signature", "x-amz-credential", "x-amz-security-token"}
+# A signature parameter anywhere in a text: after ? or &, and after &amp; in an XML (S3) error body.
+_SIGNED_PARAM = re.compile(
+    r"((?<![\w-])(?:sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|token)=)"
+    r"[^&\s\"'<>`\\]+",
+    re.IGNORECASE,
+)
+# Values too plain to scrub everywhere: LAUNCHPAD_TOKEN_TTL_S=3600 must not erase every "3600" in the report.
+_MIN_SECRET = 6
+_COMMON_WORDS = frozenset({"enabled", "disabled", "default", "localhost", "postgres", "secret", "password"})
 _TREE_COLLAPSED = ("generated", "third_party")  # shown as a file count: machine-made or vendored
 REDACTED = "<redacted>"
 
@@ -76,23 +96,46 @@ REDACTED = "<redacted>"
 
 
 class Scrubber:
-    """Removes secret values from text: JWTs, every value of a secret-looking variable (KEY, SECRET, TOKEN,
-    PASSWORD, DSN...) and the password part of any URL or DSN in the environment."""
+    """Removes secrets from text: every value of a secret-looking variable (KEY, SECRET, TOKEN, PASSWORD,
+    DSN..., any case) and the password part of any URL or DSN in the environment, each as written,
+    JSON-escaped and URL-quoted; the value of every URL signature parameter (sig=, X-Amz-Signature=,
+    token=...); JWTs. Values shorter than 6 characters, numbers and common words stay (see _COMMON_WORDS)."""
 
     def __init__(self, env: dict[str, str], extra: tuple[str, ...] = ()) -> None:
         values = set(extra)
         for name, value in env.items():
-            if _SECRET_NAME.search(name) and not name.endswith("_PATH"):
+            if _SECRET_NAME.search(name) and not name.upper().endswith("_PATH"):
                 values.add(value)
             values.update(_embedded_passwords(value))
-        # Longest first, so a DSN goes whole before its password; short values would redact ordinary words.
-        self.values = sorted((v for v in values if len(v) >= 4), key=len, reverse=True)
+        forms = {form for value in values if _worth_scrubbing(value) for form in _written_forms(value)}
+        # Longest first, so a DSN goes whole before its password.
+        self.values = sorted(forms, key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        text = _JWT.sub("<redacted JWT>", text)
         for value in self.values:
             text = text.replace(value, REDACTED)
-        return text
+        text = _SIGNED_PARAM.sub(rf"\1{REDACTED}", text)
+        return _JWT.sub("<redacted JWT>", text)
+
+
+def _worth_scrubbing(value: str) -> bool:
+    return (
+        len(value) >= _MIN_SECRET
+        and not re.fullmatch(r"[\d.]+", value)
+        and value.lower() not in _COMMON_WORDS
+    )
+
+
+def _written_forms(value: str) -> set[str]:
+    """The value as written, inside a JSON string (ASCII-escaped or not) and URL-quoted."""
+    return {
+        value,
+        json.dumps(value)[1:-1],
+        json.dumps(value, ensure_ascii=False)[1:-1],
+        quote(value),
+        quote(value, safe=""),
+        quote_plus(value),
+    }
 
 
 def _embedded_passwords(value: str) -> set[str]:
@@ -249,10 +292,15 @@ def section_log(log: Path) -> list[str]:
     lines = ["## Test log", ""]
     if not log.is_file():
         return [*lines, "(none yet)"]
-    text = log.read_text(errors="replace").splitlines()
-    shown = text[-LOG_TAIL_LINES:]
-    where = "whole" if len(shown) == len(text) else f"last {len(shown)} of {len(text)} lines"
+    shown, total = _tail(log, LOG_TAIL_LINES)
+    where = "whole" if len(shown) == total else f"last {len(shown)} of {total} lines"
     return [*lines, f"`{_shown(log)}` ({where}):", "", "```", *shown, "```"]
+
+
+def _tail(path: Path, count: int) -> tuple[list[str], int]:
+    """The last `count` lines of a file and how many it has (none when it does not exist)."""
+    text = path.read_text(errors="replace").splitlines() if path.is_file() else []
+    return text[-count:], len(text)
 
 
 def _shown(path: Path) -> str:
@@ -279,10 +327,12 @@ class Step:
     service: str = ""  # the backend that answered, whose dependency modes the summary table shows
     ok: bool = True
     entries: list[str] = field(default_factory=list)  # markdown: each request and its answer
+    # The report's Scrubber, applied before an answer is cut to length: a secret cut in half would not match.
+    scrub: Callable[[str], str] = str
 
     def show(self, request: str, answer: Any, status: int | None = None, limit: int = OUTPUT_LIMIT) -> None:
-        head = f"`{request}`" + (f" -> {status}" if status is not None else "")
-        body = answer if isinstance(answer, str) else to_json(redact(answer))
+        head = f"`{self.scrub(request)}`" + (f" -> {status}" if status is not None else "")
+        body = self.scrub(answer if isinstance(answer, str) else to_json(redact(answer)))
         if len(body) > limit:
             body = body[:limit] + f"\n... ({len(body) - limit} more characters)"
         self.entries += [head, "", "```json" if not isinstance(answer, str) else "```", body, "```", ""]
@@ -291,9 +341,10 @@ class Step:
 class Verifier:
     """Calls the stack the way the README's curl examples do and records every answer."""
 
-    def __init__(self, stack: Stack, password: str) -> None:
+    def __init__(self, stack: Stack, password: str, scrub: Callable[[str], str]) -> None:
         self.stack = stack
         self.password = password
+        self.scrub = scrub
         self.http = httpx.Client(base_url=stack.edge_url, timeout=60)
         self.token = ""
         self.steps: list[Step] = []
@@ -325,7 +376,7 @@ class Verifier:
         return response
 
     def run(self, title: str, action: Callable[[Step], None], service: str = "") -> None:
-        step = Step(title, service)
+        step = Step(title, service, scrub=self.scrub)
         self.steps.append(step)
         try:
             action(step)
@@ -361,7 +412,8 @@ class Verifier:
             )
 
     def select_one(self, step: Step) -> None:
-        self.call(step, "POST", "/api/data/query", {"sql": "SELECT 1"})
+        answer = self.call(step, "POST", "/api/data/query", {"sql": "SELECT 1"})
+        step.ok = step.ok and answer.json().get("rows") == [[1]]
 
     def users(self, step: Step) -> None:
         name = f"report-{uuid.uuid4().hex[:6]}"
@@ -371,7 +423,7 @@ class Verifier:
         names = [u["username"] for u in listed.json().get("users", [])] if listed.is_success else []
         step.show("GET /api/users (usernames)", names, listed.status_code)
         step.ok = step.ok and name in names
-        self.call(step, "DELETE", f"/api/users/{name}")  # leaves a live database as it was
+        self.call(step, "DELETE", f"/api/users/{name}")  # the user goes again (what stays: module docstring)
 
     def storage(self, step: Step) -> None:
         bucket, data = f"report-{uuid.uuid4().hex[:6]}", b"launchpad wiring report\n"
@@ -437,21 +489,27 @@ class Verifier:
                 self.call(step, "POST", "/api/data/query", {"sql": "DROP TABLE orders"})
 
     def logs(self, step: Step) -> None:
-        self.call(step, "POST", "/api/logs/query", {"query": '{service="auth"}', "limit": 3})
+        answer = self.call(step, "POST", "/api/logs/query", {"query": '{service="auth"}', "limit": 3})
+        step.ok = step.ok and isinstance(answer.json().get("entries"), list)
 
     def metrics(self, step: Step) -> None:
         live = any(d["name"] == "prometheus" and d["mode"] == "live" for d in _dependencies(self.health))
         query = (
             "up" if live else "sum(launchpad_rpc_requests_total)"
         )  # PROM_URL's Prometheus may not scrape us
-        self.call(step, "POST", "/api/metrics/query", {"query": query})
+        answer = self.call(step, "POST", "/api/metrics/query", {"query": query}).json()
+        result_type = (answer.get("data") or {}).get("resultType")  # Prometheus's answer shape
+        step.ok = step.ok and answer.get("status") == "success" and result_type in PROMETHEUS_RESULT_TYPES
 
 
 def _next(ws: Any, wanted: Callable[[dict[str, Any]], bool], timeout_s: float = 30) -> dict[str, Any]:
+    """The next wanted frame; an error frame fails the step (the exception is what it shows)."""
     deadline = time.monotonic() + timeout_s
     while True:
         frame = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-        if frame.get("type") == "error" or wanted(frame):
+        if frame.get("type") == "error":
+            raise RuntimeError(f"error frame: {json.dumps(frame)}")
+        if wanted(frame):
             return frame
 
 
@@ -461,14 +519,20 @@ def _dependencies(health: dict[str, Any]) -> Iterator[dict[str, Any]]:
             yield {**dep, "service": service}
 
 
-def section_verification(verifier: Verifier | None, stack_error: str, ports: str) -> list[str]:
+def section_verification(
+    verifier: Verifier | None, stack_error: str, ports: str, stack_log: Path
+) -> list[str]:
     lines = ["## Verification outputs", ""]
     lines.append(
         f"The real answers of a stack started for this report ({ports}), called as the README's curl"
     )
     lines.append("examples call it. Tokens, passwords and URL signatures are redacted.")
+    lines.append(f"The stack's own output is in `{_shown(stack_log)}`.")
     if stack_error:
-        return [*lines, "", f"**The stack did not start:** `{stack_error}`"]
+        lines += ["", f"**The stack did not start:** `{stack_error}`"]
+        # Quoted from a file no one scrubbed: build() scrubs the whole report, this part included.
+        tail, _ = _tail(stack_log, STACK_LOG_LINES)
+        return [*lines, "", "Its last lines:", "", "```", *tail, "```"] if tail else lines
     assert verifier is not None
     modes: dict[str, list[str]] = {}
     for dep in _dependencies(verifier.health):
@@ -536,22 +600,26 @@ def stack_env(env: dict[str, str], base_port: int, data_dir: Path, password: str
     return own
 
 
-def verify(env: dict[str, str], base_port: int, password: str) -> tuple[Verifier | None, str]:
-    """Starts the stack in a throwaway data dir, runs every step, stops it: (the verifier, why it did not
-    start)."""
-    stack_ports = [base_port + 1] + [
-        base_port + port - 8000 + d for port in SERVICES.values() for d in (0, 1000)
-    ]
-    if busy := [port for port in stack_ports if _listening(port)]:
+def stack_ports(base_port: int) -> list[int]:
+    """Every port the report's stack listens on: the edge, each service and its /metrics (1000 above)."""
+    return [base_port + 1] + [base_port + port - 8000 + d for port in SERVICES.values() for d in (0, 1000)]
+
+
+def verify(
+    env: dict[str, str], base_port: int, password: str, scrub: Scrubber, output: IO[bytes]
+) -> tuple[Verifier | None, str]:
+    """Starts the stack in a throwaway data dir (its stdout/stderr to `output`), runs every step, stops it:
+    (the verifier, why it did not start)."""
+    if busy := [port for port in stack_ports(base_port) if _listening(port)]:
         # gRPC servers set SO_REUSEPORT: started anyway, the report would share ports with whatever runs there.
         return None, f"ports {busy} are in use: pick free ones with --base-port"
     with tempfile.TemporaryDirectory(prefix="launchpad-report-") as data_dir:
-        stack = Stack(stack_env(env, base_port, Path(data_dir), password))
+        stack = Stack(stack_env(env, base_port, Path(data_dir), password), output=output)
         try:
             stack.start(timeout_s=120)
         except (TimeoutError, RuntimeError) as exc:
             return None, str(exc)
-        verifier = Verifier(stack, password)
+        verifier = Verifier(stack, password, scrub)
         try:
             verifier.all()
             return verifier, ""
@@ -566,12 +634,15 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def build(log: Path, base_port: int) -> tuple[str, bool]:
+def build(log: Path, base_port: int, stack_log: Path) -> tuple[str, bool]:
     """The report's text and whether every verification step succeeded."""
     env = dict(os.environ)
-    password = env.get("LAUNCHPAD_ADMIN_PASSWORD", "").strip() or secrets.token_urlsafe(18)
+    configured = env.get("LAUNCHPAD_ADMIN_PASSWORD", "").strip()
+    password = configured or secrets.token_urlsafe(18)
     scrub = Scrubber(env, (password,))
-    verifier, stack_error = verify(env, base_port, password)
+    stack_log.parent.mkdir(parents=True, exist_ok=True)
+    with stack_log.open("wb") as output:
+        verifier, stack_error = verify(env, base_port, password, scrub, output)
     ports = f"edge {base_port + 1}, services {base_port + 11}-{base_port + 18}"
     health = verifier.health if verifier else {}
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -584,14 +655,27 @@ def build(log: Path, base_port: int) -> tuple[str, bool]:
         section_git(),
         section_env(env),
         section_tests(log),
-        section_verification(verifier, stack_error, ports),
+        section_verification(verifier, stack_error, ports, stack_log),
         section_tree(),
         section_dependencies(health),
         section_log(log),
     ]
     text = "\n\n".join("\n".join(section) for section in sections) + "\n"
     ok = verifier is not None and all(step.ok for step in verifier.steps) and bool(verifier.token)
+    if verifier and verifier.token and not configured and _live_auth_database(health):
+        # A made-up password logged in, so the stack created the admin just now, in a database that stays.
+        print(
+            f"services.report: created the first admin 'admin' in the live database (POSTGRES_DSN) with the "
+            f"password {password} (shown only here; set LAUNCHPAD_ADMIN_PASSWORD to choose it)",
+            file=sys.stderr,
+        )
     return scrub(text), ok
+
+
+def _live_auth_database(health: dict[str, Any]) -> bool:
+    return any(
+        d["service"] == "auth" and d["name"] == "sql" and d["mode"] == "live" for d in _dependencies(health)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -601,8 +685,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--base-port", type=int, default=DEFAULT_BASE_PORT, help="edge base+1, services base+11.."
     )
+    parser.add_argument(
+        "--stack-log", type=Path, default=DEFAULT_STACK_LOG, help="where the stack's own output goes"
+    )
     args = parser.parse_args(argv)
-    text, ok = build(args.test_log.resolve(), args.base_port)
+    text, ok = build(args.test_log.resolve(), args.base_port, args.stack_log.resolve())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(f"wrote {args.out}" + ("" if ok else " (verification FAILED or did not run: see the report)"))
