@@ -15,7 +15,8 @@ How it reads (each step marks the words it used; words left over at the end must
    child table);
 5. leftover words are looked up as stored values of the text columns of the main table and its foreign-key
    neighbours ("customers in Berlin", "orders of Alice"): found, they filter; not found, the question
-   cannot be answered and the answer says which words were not understood.
+   cannot be answered and the answer says which words were not understood. A not / never that no step
+   read also makes it unanswerable: dropped, it would silently give the opposite answer.
 
 The vocabulary is in words.py; render.py turns a finished reading into SQL text and an explanation.
 """
@@ -57,6 +58,13 @@ FindValues = Callable[[str, list[str], list[str]], Awaitable[list[tuple[str, str
 
 
 TEXT_OPS = frozenset({"CONTAINS", "STARTS", "ENDS"})  # comparisons that only fit a text column
+NEGATING = NOT - {"without", "no", "except", "excluding"}  # words that turn the comparison after them
+_LEFTOVER_SKIP = frozenset({"the", "a", "an", "is", "are", "was", "were", "be", "been", "have", "has"})
+# the words between a negation and a stored value: not in Berlin, not from Alice, never ordered by Alice
+_VALUE_LINKS = frozenset({"in", "from", "by", "of", "at", "to", "for", "with"})
+_VERBS = frozenset(
+    {"ordered", "bought", "purchased", "placed", "made", "named", "called", "located", "based"}
+)
 
 
 class Reading:
@@ -144,7 +152,10 @@ class Reading:
         return list(self.index.table(table).primary_key)
 
     def label_of(self, table: str) -> str:
-        return self.index.table(table).label_column().name
+        label = self.index.table(table).label_column()
+        if label is None:
+            raise CannotAnswer(f"{table} has no columns, so nothing names its rows")
+        return label.name
 
     # -- 1. refuse what it cannot write
 
@@ -419,10 +430,11 @@ class Reading:
     def _filter_after_column(self, i: int) -> None:
         ref = self.toks[i].column
         assert ref is not None
-        j, negated = i + 1, False
+        before = self._negation_before(i)  # customers not named Alice
+        j = i + 1
         while j < len(self.toks) and not self.toks[j].used and self.word(j) in (COLUMN_LINKS | {"not"}):
-            negated = negated or self.word(j) == "not"
             j += 1
+        negated = (before >= 0) != _odd_nots(self.toks[i:j])
         year = self._year(j + 1) if self.word(j) in ("in", "during") else None
         if year is not None and self.column(ref).kind == "time":  # joined in 2024
             self._in_year(ref, year)
@@ -436,7 +448,13 @@ class Reading:
         if not values:
             return
         self.add_cond(ref, _negate(op) if negated else op, values)
-        self.use(*range(i, end))
+        self.use(*range(i, end), before)
+
+    def _negation_before(self, i: int) -> int:
+        """The index of an unused not/never just before token i ("not cheaper", "are not over"), or -1."""
+        k = self.prev(i, frozenset({"the", "a", "an", "is", "are", "was", "were", "be", "been"}))
+        tok = self.tok(k)
+        return k if tok is not None and not tok.used and tok.low in NEGATING else -1
 
     def _phrase_before(self, i: int) -> tuple[object, ...]:
         words: list[Tok] = []
@@ -509,13 +527,12 @@ class Reading:
         if not values:
             return
         words = " ".join(t.text for t in self.toks[i:end])
+        negation = self._negation_before(i)  # products not cheaper than 100
         ref = self._column_before(i, values[0], concept) or self._implied_column(
             op, concept, values[0], words
         )
-        if self.column(ref).kind == "time" and isinstance(values[0], int) and 1000 <= values[0] <= 9999:
-            op, values = _year_bound(op, values[0])
-        self.add_cond(ref, op, values)
-        self.use(*range(i, end))
+        self.add_cond(ref, _negate(op) if negation >= 0 else op, values)
+        self.use(*range(i, end), negation)
 
     def _in_year(self, ref: Ref, year: int) -> None:
         """A calendar year as a half-open range: the same text on PostgreSQL and SQLite, dates or timestamps."""
@@ -571,6 +588,10 @@ class Reading:
 
     def add_cond(self, ref: Ref, op: str, values: tuple[object, ...]) -> None:
         kind = self.column(ref).kind
+        year = values[0] if len(values) == 1 else None
+        if kind == "time" and op in (">", ">=", "<", "<=") and _is_year(year):
+            assert isinstance(year, int)
+            op, values = _year_bound(op, year)  # created before 2024: before 2024-01-01, not before "2024"
         if kind == "text":
             values = tuple(str(v) for v in values)
         if op in ("=", "<>") and len(values) > 1:
@@ -585,6 +606,7 @@ class Reading:
                 continue
             before = {self.word(k) for k in range(i - 3, i)}
             negated = bool(before & {"without", "no", "never", "not", "zero"})
+            self.use(*(k for k in range(max(i - 3, 0), i) if self.word(k) in NOT))
             links = before & {"with", "have", "has", "having", "had", "who", "that", "without", "no"}
             listed = before & {"their", "and", "along", "including", "plus", "its"}
             if self._is_child(tok.table) and links and not listed:
@@ -592,6 +614,12 @@ class Reading:
             else:
                 self.shown.append(tok.table)
             tok.used = True
+
+    def _one_per_row(self, table: str) -> bool:
+        """Whether each row of the main table has at most one row of `table` (itself, or a parent)."""
+        return table == self.main or any(
+            n == table and not child for n, _, _, child in self.index.links.get(self.main, ())
+        )
 
     def _is_child(self, table: str) -> bool:
         return any(n == table and child for n, _, _, child in self.index.links.get(self.main, ()))
@@ -633,6 +661,11 @@ class Reading:
                 continue
             for hit in hits:
                 assert hit is not None
+                if negated and not self._one_per_row(hit[0]):
+                    raise CannotAnswer(
+                        f"the negated '{text}' would need {self.main} with no matching {hit[0]}: "
+                        "the embedded generator cannot write that yet, so it does not guess"
+                    )
                 self.add_cond((hit[0], hit[1]), "<>" if negated else "=", (hit[2],))
         if unknown:
             searched = sorted(self.index.distances(self.main, 2))
@@ -662,8 +695,12 @@ class Reading:
             if not words:  # a column word of an unreachable table
                 words.append(tok.text)
                 i += 1
-            skip = frozenset({"the", "a", "an", "is", "are", "was", "were", "be", "been", "have", "has"})
-            negated = self.word(self.prev(start, skip)) in NOT
+            before = self.prev(start, _LEFTOVER_SKIP)
+            if self.word(before) in _VALUE_LINKS:  # not in Berlin, not from Alice, never ordered by Alice
+                before = self.prev(before, _LEFTOVER_SKIP | _VERBS)
+            negated = self.word(before) in NOT
+            if negated:
+                self.use(before)
             phrases.append((" ".join(words), words, negated))
         return phrases
 
@@ -736,7 +773,17 @@ class Reading:
         if self.distinct and self.select and not self.order:
             self.order.extend((ref, ASC) for ref in self.select)
 
+    def refuse_unread_negations(self) -> None:
+        """A not/never that no step read would silently turn the answer into its opposite: refuse."""
+        left = [t.text for t in self.toks if t.low in NOT and not t.used]
+        if left:
+            raise CannotAnswer(
+                f"I could not tell what '{left[0]}' applies to here, and ignoring it would give the "
+                "opposite answer: rephrase it (for example 'orders whose status is not delivered')"
+            )
+
     def draft(self) -> Draft:
+        self.refuse_unread_negations()
         self.finish()
         sql = Sql(self)
         return Draft(sql.render(), sql.explain())
@@ -759,6 +806,14 @@ _NEGATED = {
 
 def _negate(op: str) -> str:
     return _NEGATED.get(op, op)
+
+
+def _odd_nots(toks: list[Tok]) -> bool:
+    return sum(t.low in NEGATING for t in toks) % 2 == 1
+
+
+def _is_year(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1000 <= value <= 9999
 
 
 def _year_bound(op: str, year: int) -> tuple[str, tuple[object, ...]]:

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from services.ai.schema import CannotAnswer, Draft, Schema
+from services.core.deps import redact
 from services.core.errors import DeadlineExceeded, ResourceExhausted, Unavailable
 
 log = logging.getLogger("launchpad.ai")
@@ -28,12 +29,26 @@ _MARGIN_S = 0.5  # left for validation after the model answers
 class LlmClient:
     """One HTTP client per process; `complete()` is safe to call concurrently."""
 
-    def __init__(self, base_url: str, key: str, model: str, timeout_s: float) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        key: str,
+        model: str,
+        timeout_s: float,
+        transport: httpx.AsyncBaseTransport | None = None,  # tests: httpx.MockTransport
+    ) -> None:
         self.base_url, self.model, self.timeout_s = base_url.rstrip("/"), model, timeout_s
+        self.shown_url = redact(self.base_url)  # what messages and logs name: no user:password@
+        # user:password@ in the URL is HTTP Basic auth (httpx's reading of it, kept); it is moved out of the
+        # URL so that httpx's own request log line does not print it.
+        url = httpx.URL(self.base_url)
+        auth = httpx.BasicAuth(url.username, url.password) if url.username or url.password else None
         self._http = httpx.AsyncClient(
-            base_url=self.base_url,
+            base_url=url.copy_with(username=None, password=None),
             headers={"Authorization": f"Bearer {key}"},
+            auth=auth,
             timeout=httpx.Timeout(timeout_s, connect=min(5.0, timeout_s)),
+            transport=transport,
         )
 
     async def ping(self) -> None:
@@ -49,21 +64,28 @@ class LlmClient:
         for attempt in range(2):
             timeout = self._timeout(deadline)
             try:
-                response = await self._http.post("/chat/completions", json=body, timeout=timeout)
-            except httpx.TimeoutException:
+                # httpx's timeout bounds each read, not the whole exchange: a server trickling bytes
+                # would hold the call past its deadline without this.
+                async with asyncio.timeout(timeout):
+                    response = await self._http.post("/chat/completions", json=body, timeout=timeout)
+            except (httpx.TimeoutException, TimeoutError):
                 failure = DeadlineExceeded(
                     f"the language model did not answer within {timeout:g} s ({attempt + 1} attempt(s))"
                 )
             except httpx.TransportError as exc:
                 failure = Unavailable(
-                    f"the language model at {self.base_url} is not reachable ({type(exc).__name__})"
+                    f"the language model at {self.shown_url} is not reachable ({type(exc).__name__})"
                 )
+            except httpx.HTTPError as exc:  # DecodingError, TooManyRedirects, ...: a broken answer
+                failure = Unavailable(f"the language model's answer could not be read ({type(exc).__name__})")
             else:
                 if response.status_code == 200:
                     return _content(response)
                 failure = _http_failure(response.status_code)
                 if response.status_code != 429 and response.status_code < 500:
-                    break  # a request the server will refuse again
+                    # a request the server will refuse again; a refused key is worth an operator's look
+                    log.warning("language model call refused", extra={"status": response.status_code})
+                    break
             log.warning("language model call failed", extra={"attempt": attempt + 1, "error": str(failure)})
             if attempt == 0:
                 await asyncio.sleep(RETRY_PAUSE_S)

@@ -63,14 +63,15 @@ class Table:
         first = [c for c in columns if not c.name.lower().startswith(("updated", "modified", "deleted"))]
         return (first or columns or [None])[0]
 
-    def label_column(self) -> Column:
-        """The column that names a row: name, label, username, email, code ... else the first text column."""
+    def label_column(self) -> Column | None:
+        """The column that names a row: name, label, username, email, code ... else the first text column,
+        else the first column; None for a table with no columns (a schema snapshot can show one)."""
         for wanted in ("name", "label", "username", "email", "code"):
             hit = next((c for c in self.columns if identifier_words(c.name)[-1:] == (wanted,)), None)
             if hit is not None:
                 return hit
         text = next((c for c in self.columns if c.kind == "text" and not c.primary_key), None)
-        return text or self.columns[0]
+        return text or (self.columns[0] if self.columns else None)
 
 
 @dataclass(frozen=True, slots=True)

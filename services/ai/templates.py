@@ -86,9 +86,15 @@ def table_templates(table: Table, schema: Schema) -> list[Draft]:
             )
     for key in table.foreign_keys:
         parent = schema.table(key.table)
-        if parent is None or parent.name == table.name or len(key.columns) != len(key.references):
+        label_column = parent.label_column() if parent is not None else None
+        if (
+            parent is None
+            or label_column is None
+            or parent.name == table.name
+            or len(key.columns) != len(key.references)
+        ):
             continue
-        label = parent.label_column().name
+        label = label_column.name
         on = " AND ".join(
             f"{ident(parent.name)}.{ident(r)} = {name}.{ident(c)}"
             for c, r in zip(key.columns, key.references, strict=True)

@@ -2,9 +2,10 @@
 
 In order: parsed with sqlglot in the backend's dialect; exactly one statement; read-only (SELECT / set
 operations / WITH) unless writes were asked for, and never DDL, privileges or session changes (a generated
-DROP TABLE is refused); every table and column checked against the tenant's real schema; then planned with
-EXPLAIN through the data service, as the caller. The database stays the enforcement; this gives early,
-clear reasons.
+DROP TABLE is refused); every table and column checked against the tenant's real schema (tables named
+without a schema part: `other_schema.t` or `pg_catalog.t` is refused, SQLite's `main.t` allowed); then
+planned with EXPLAIN through the data service, as the caller. The database stays the enforcement; this
+gives early, clear reasons.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import OptimizeError, SqlglotError
 from sqlglot.optimizer.qualify import qualify
+from sqlglot.schema import MappingSchema
 
 from services.ai.schema import DryRunRejected, Schema, TenantDb
 
@@ -26,27 +28,43 @@ logging.getLogger("sqlglot").setLevel(logging.ERROR)  # it warns about construct
 _READS = (exp.Query,)  # SELECT, UNION / INTERSECT / EXCEPT, parenthesized and WITH queries
 _WRITES = (exp.Insert, exp.Update, exp.Delete)
 _HIDDEN_WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Into, exp.Lock)
-# Functions no generated statement needs: the database refuses most of them to tenant roles anyway.
+# Functions no generated statement needs, because they write (sequences, large objects, advisory locks,
+# notifications, transaction ids), reach outside the tenant (files, dblink, settings) or run SQL of their
+# own (query_to_xml and friends). The database refuses many of them to tenant roles anyway; this says so
+# early and plainly. Exact names, then prefixes and infixes for the families.
 _DENIED_FUNCTIONS = frozenset(
     {
-        "pg_sleep",
-        "pg_read_file",
-        "pg_read_binary_file",
-        "pg_ls_dir",
-        "pg_stat_file",
-        "lo_import",
-        "lo_export",
+        "setval",
+        "nextval",
         "set_config",
-        "dblink",
-        "dblink_exec",
+        "pg_notify",
+        "pg_current_xact_id",
+        "pg_stat_file",
         "pg_terminate_backend",
         "pg_cancel_backend",
         "pg_reload_conf",
+        "pg_rotate_logfile",
+        "pg_switch_wal",
+        "pg_create_restore_point",
+        "pg_logical_emit_message",
+        "pg_file_write",
+        "pg_promote",
         "load_extension",
         "readfile",
         "writefile",
     }
 )
+_DENIED_PREFIXES = (
+    "pg_sleep",
+    "pg_advisory",
+    "pg_try_advisory",
+    "lo_",
+    "txid_",
+    "dblink",
+    "pg_read_",
+    "pg_ls_",
+)
+_DENIED_INFIXES = ("_to_xml",)  # query_to_xml, table_to_xml, cursor_to_xml, *_to_xmlschema, ...
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 
 
@@ -96,7 +114,8 @@ async def validate(sql: str, schema: Schema, db: TenantDb, *, allow_writes: bool
         return Verdict.failed(
             text, "policy", "the database says this statement writes; writes were not asked for"
         )
-    known = [t.name for t in schema.tables if t.name.lower() in {n.lower() for n in tables}]
+    named = {name.lower() for _, name in tables}
+    known = [t.name for t in schema.tables if t.name.lower() in named]
     return Verdict(True, text, tables=tuple(known))
 
 
@@ -127,9 +146,17 @@ def _policy(tree: exp.Expression, allow_writes: bool) -> str:
         return "this query writes or locks rows (a data-changing WITH, SELECT INTO or FOR UPDATE)"
     for func in tree.find_all(exp.Func):
         name = (func.name if isinstance(func, exp.Anonymous) else func.sql_name()).lower()
-        if name in _DENIED_FUNCTIONS:
+        if _denied(name):
             return f"the function {name}() is refused in generated SQL"
     return ""
+
+
+def _denied(name: str) -> bool:
+    return (
+        name in _DENIED_FUNCTIONS
+        or name.startswith(_DENIED_PREFIXES)
+        or any(part in name for part in _DENIED_INFIXES)
+    )
 
 
 def _kind(tree: exp.Expression) -> str:
@@ -139,25 +166,43 @@ def _kind(tree: exp.Expression) -> str:
     return f"{kind} {target.upper()}" if isinstance(target, str) and target else kind
 
 
-def _tables(tree: exp.Expression) -> list[str]:
-    """The real tables a statement names (CTE names and table functions excluded), in order."""
+def _tables(tree: exp.Expression) -> list[tuple[str, str]]:
+    """The real tables a statement names as (schema, table), in order; the schema part is "" when none is
+    written (catalog and schema joined when both are). CTE names and table functions are excluded, but a
+    qualified name is never a CTE, whatever the WITH says."""
     ctes = {cte.alias_or_name.lower() for cte in tree.find_all(exp.CTE)}
-    names: list[str] = []
+    names: list[tuple[str, str]] = []
     for table in tree.find_all(exp.Table):
-        if not isinstance(table.this, exp.Identifier) or table.name.lower() in ctes:
+        if not isinstance(table.this, exp.Identifier):
             continue
-        if table.name not in names:
-            names.append(table.name)
+        qualifier = ".".join(part for part in (table.catalog, table.db) if part)
+        if not qualifier and table.name.lower() in ctes:
+            continue
+        if (qualifier, table.name) not in names:
+            names.append((qualifier, table.name))
     return names
 
 
-def _check_schema(tree: exp.Expression, tables: list[str], schema: Schema) -> str:
-    unknown = [name for name in tables if schema.table(name) is None]
+def _check_schema(tree: exp.Expression, tables: list[tuple[str, str]], schema: Schema) -> str:
+    # The tenant's tables are reached unqualified: a schema or catalog part could only lead elsewhere
+    # (another tenant's schema, pg_catalog, an attached SQLite file). SQLite's own `main` is the tenant's.
+    own = ("", "main") if schema.backend == "sqlite" else ("",)
+    outside = [f"{q}.{name}" for q, name in tables if q.lower() not in own]
+    if outside:
+        return (
+            f"tables are named without a schema here; refused: {', '.join(outside)} "
+            f"(your tables: {schema.names})"
+        )
+    unknown = [name for _, name in tables if schema.table(name) is None]
     if unknown:
         return f"unknown table {', '.join(unknown)} (your tables: {schema.names})"
     mapping = {t.name: {c.name: "TEXT" for c in t.columns} for t in schema.tables}
+    # PostgreSQL keeps quoted names as written ("orderId", "Full Name"): the mapping holds the real names,
+    # so it must not be folded to lower case there. SQLite compares names ignoring case, so it may be.
+    dialect = schema.dialect
+    mapped = MappingSchema(mapping, dialect=dialect, normalize=dialect != "postgres")
     try:
-        qualify(tree.copy(), schema=mapping, dialect=schema.dialect, validate_qualify_columns=True)
+        qualify(tree.copy(), schema=mapped, dialect=dialect, validate_qualify_columns=True)
     except OptimizeError as exc:
         return f"unknown column: {_first_line(exc)}"
     except Exception as exc:  # a construct qualify cannot follow: the EXPLAIN dry run still checks it

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,32 @@ async def test_the_model_is_told_postgresql_and_only_the_callers_tables(
     prompt = ai.fake.prompt()
     assert "PostgreSQL" in prompt and "CREATE TABLE orders" in prompt and "timestamp" in prompt
     assert "payroll" not in prompt and "secret_projects" not in prompt
+
+
+async def test_postgres_quoted_names_pass_and_other_schemas_are_refused(
+    live_db: LiveDb, pg_env: pytest.MonkeyPatch
+) -> None:
+    pg_env.setenv("OPENAI_KEY", "sk-live-pg-test")
+    statements = {
+        "camel": 'SELECT "orderId", "Full Name" FROM "OrderItems" ORDER BY "orderId"',
+        "catalog": "WITH pg_namespace AS (SELECT 1) SELECT * FROM pg_catalog.pg_namespace",
+        "other schema": "SELECT * FROM public.customers",
+    }
+
+    def reply(body: dict[str, Any]) -> tuple[int, Any]:
+        asked = next(m["content"] for m in body["messages"] if m["role"] == "user")
+        return sql_reply(statements[asked])
+
+    async with ai_stack(pg_env, reply, tenants=(live_db.tenant(), live_db.tenant())) as ai:
+        await ai.shop.load(
+            [
+                'CREATE TABLE "OrderItems" ("orderId" integer, "Full Name" text)',
+                """INSERT INTO "OrderItems" VALUES (2, 'Bob B'), (1, 'Ann A')""",
+            ]
+        )
+        camel = await ai.ask("camel")
+        assert camel.valid and list(camel.tables) == ["OrderItems"], camel.reason
+        assert rows(await ai.shop.run(camel.sql)) == [[1, "Ann A"], [2, "Bob B"]]
+        for question in ("catalog", "other schema"):
+            answer = await ai.ask(question)
+            assert not answer.valid and "without a schema" in answer.reason, (question, answer.reason)

@@ -153,6 +153,19 @@ CASES = [
         ordered=True,
         intent="top+group+join",
     ),
+    # Negations: each once read as its opposite (the not/never dropped), now the complement.
+    Case(
+        "customers not in Berlin", "SELECT * FROM customers WHERE id IN (2, 4, 5)", intent="filter (negated)"
+    ),
+    Case("customers not named Alice", "SELECT * FROM customers WHERE id <> 1", intent="filter (negated)"),
+    Case("orders not from Alice", "SELECT * FROM orders WHERE customer_id <> 1", intent="join (negated)"),
+    Case("products not cheaper than 100", "SELECT * FROM products WHERE id IN (1, 2, 3, 4)", intent="filter"),
+    Case("orders not after 2024-05-01", "SELECT * FROM orders WHERE id IN (1, 2, 3, 4, 5)", intent="filter"),
+    Case("orders that are not over 500", "SELECT * FROM orders WHERE id IN (2, 4, 6, 7)", intent="filter"),
+    Case(
+        "products not between 10 and 100", "SELECT * FROM products WHERE id IN (1, 2, 3, 4)", intent="filter"
+    ),
+    Case("customers created before 2024", "SELECT * FROM customers WHERE id = 4", intent="filter (year)"),
     Case("what is the highest price", "SELECT MAX(price) FROM products", intent="aggregate"),
     Case("total revenue", "SELECT SUM(total) FROM orders", intent="aggregate"),
     Case(
@@ -168,6 +181,10 @@ UNANSWERABLE = [
     "show customers with a purple hat",
     "delete all customers",
     "drop the orders table",
+    # a negation the generator cannot express: refused, never answered as its opposite
+    "products never ordered by Alice",
+    "products never ordered",
+    "customers not in 2024",
 ]
 
 

@@ -5,7 +5,9 @@ statuses, and the key never appears anywhere but the Authorization header."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -13,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 
 from launchpad.ai.v1 import ai_pb2
 from launchpad.api.v1 import status_pb2, status_pb2_grpc
+from services.ai.llm import LlmClient
+from services.core.errors import DeadlineExceeded, Unavailable
 from services.core.server import Runtime
 from tests.services.ai_support import AiStack, Reply, ai_stack, completion, fails, rows, sql_reply
 
@@ -213,3 +218,77 @@ async def test_simulation_false_with_the_model_down_is_not_serving(llm_env: Any)
         [llm] = runtime.deps.all()
         assert (llm.mode, llm.healthy, runtime.deps.serving()) == ("live", False, False)
     assert outcome == grpc.StatusCode.UNAVAILABLE  # never silently answered by the embedded generator
+
+
+# --- The client alone, over httpx.MockTransport: what the fake server cannot easily produce --------------
+
+
+def _client(handler: Any, base_url: str = "http://127.0.0.1:9/v1", timeout_s: float = 2.0) -> LlmClient:
+    return LlmClient(base_url, KEY, "fake-model", timeout_s, transport=httpx.MockTransport(handler))
+
+
+_ASK = [{"role": "user", "content": "one"}]
+
+
+async def test_an_unreadable_answer_is_unavailable_not_internal() -> None:
+    def broken_gzip(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Content-Encoding": "gzip"}, content=b"not gzip at all")
+
+    client = _client(broken_gzip)
+    with pytest.raises(Unavailable) as err:
+        await client.complete(_ASK)
+    await client.close()
+    assert "could not be read (DecodingError)" in str(err.value)
+
+
+async def test_the_whole_exchange_is_bounded_by_the_timeout() -> None:
+    calls = 0
+
+    async def stalls(request: httpx.Request) -> httpx.Response:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(3600)  # no httpx timeout applies inside a transport: only the overall bound
+        raise AssertionError("unreachable")
+
+    client = _client(stalls, timeout_s=0.2)
+    # the outer 60 s only turns a regression into a failure instead of an hour's hang
+    with pytest.raises(DeadlineExceeded) as err:
+        async with asyncio.timeout(60):
+            await client.complete(_ASK)
+    await client.close()
+    assert "did not answer within 0.2 s" in str(err.value) and calls == 2
+
+
+async def test_credentials_in_the_base_url_stay_out_of_messages_and_logs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    client = _client(refused, base_url="http://proxyuser:hunter2secret@127.0.0.1:9/v1")
+    with caplog.at_level(logging.INFO), pytest.raises(Unavailable) as err:
+        await client.complete(_ASK)
+    await client.close()
+    assert "127.0.0.1:9/v1" in str(err.value) and "hunter2secret" not in str(err.value)
+    answered: list[httpx.Request] = []
+
+    def answers(request: httpx.Request) -> httpx.Response:
+        answered.append(request)
+        return httpx.Response(200, json=completion("SELECT 1")[1])
+
+    client = _client(answers, base_url="http://proxyuser:hunter2secret@127.0.0.1:9/v1")
+    with caplog.at_level(logging.INFO):
+        assert await client.complete(_ASK) == "SELECT 1"
+    await client.close()
+    logged = " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "127.0.0.1:9/v1" in logged and "hunter2secret" not in logged  # httpx logs each request's URL
+    assert answered[0].headers["Authorization"].startswith("Basic ")  # the userinfo still authenticates
+
+
+async def test_a_refused_key_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    client = _client(lambda request: httpx.Response(401, json={"error": {"message": f"bad key {KEY}"}}))
+    with caplog.at_level(logging.INFO, logger="launchpad.ai"), pytest.raises(Unavailable):
+        await client.complete(_ASK)
+    await client.close()
+    assert [getattr(r, "status", None) for r in caplog.records if r.name == "launchpad.ai"] == [401]
+    assert KEY not in " ".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)

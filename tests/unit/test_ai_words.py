@@ -1,4 +1,5 @@
-"""Pure parts of the AI service: reading a model's reply, cleaning SQL, words of names, identifier quoting."""
+"""Pure parts of the AI service: reading a model's reply, cleaning SQL, words of names, identifier quoting,
+and the validator's own checks (with a stub EXPLAIN)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 
 from services.ai.llm import parse_answer, parse_suggestions
 from services.ai.render import ident, literal
-from services.ai.schema import CannotAnswer, Column, identifier_words, singular
-from services.ai.validate import clean
+from services.ai.schema import CannotAnswer, Column, Plan, Schema, Table, identifier_words, singular
+from services.ai.validate import Verdict, clean, validate
 
 
 @pytest.mark.parametrize(
@@ -94,7 +95,6 @@ async def _no_values(table: str, columns: list[str], words: list[str]) -> list[t
 
 async def test_containing_without_a_column_uses_the_only_text_column() -> None:
     from services.ai.embedded import generate
-    from services.ai.schema import Schema, Table
 
     notes = Table("notes", (Column("id", "integer", primary_key=True), Column("body", "text")))
     draft = await generate("notes containing hello", Schema((notes,), "sqlite"), _no_values)
@@ -103,3 +103,120 @@ async def test_containing_without_a_column_uses_the_only_text_column() -> None:
     with pytest.raises(CannotAnswer) as err:
         await generate("notes containing hello", Schema((two,), "sqlite"), _no_values)
     assert "text columns: body, title" in err.value.reason
+
+
+# --- The validator, with a stub dry run (the live tests plan on real databases) -------------------------
+
+
+class _PlansEverything:
+    """A database stub whose EXPLAIN accepts every statement as read-only: what is refused below is the
+    validator's own doing."""
+
+    async def schema(self) -> Schema:
+        raise NotImplementedError
+
+    async def explain(self, sql: str) -> Plan:
+        return Plan("stub plan", read_only=True)
+
+    async def find_values(self, table: str, columns: list[str], phrases: list[str]) -> list[tuple[str, str]]:
+        return []
+
+
+_SHOP = (
+    Table("customers", (Column("id", "integer", primary_key=True), Column("name", "text"))),
+    Table("OrderItems", (Column("orderId", "integer"), Column("Full Name", "text"))),
+)
+
+
+async def _verdict(sql: str, backend: str = "postgresql") -> Verdict:
+    return await validate(sql, Schema(_SHOP, backend), _PlansEverything(), allow_writes=False)
+
+
+@pytest.mark.parametrize(
+    ("sql", "backend"),
+    [
+        ("SELECT * FROM tenant_b.customers", "postgresql"),
+        ("SELECT * FROM public.customers", "postgresql"),
+        ("SELECT * FROM db.tenant_b.customers", "postgresql"),
+        ("WITH pg_namespace AS (SELECT 1) SELECT * FROM pg_catalog.pg_namespace", "postgresql"),
+        ("WITH customers AS (SELECT 1) SELECT * FROM other.customers", "postgresql"),
+        ("SELECT * FROM main.customers", "postgresql"),
+        ("SELECT * FROM other.customers", "sqlite"),
+    ],
+)
+async def test_tables_with_a_schema_part_are_refused(sql: str, backend: str) -> None:
+    verdict = await _verdict(sql, backend)
+    assert not verdict.ok and verdict.stage == "schema", verdict
+    assert "without a schema" in verdict.reason
+
+
+async def test_sqlites_main_schema_is_the_tenants_own() -> None:
+    verdict = await _verdict("SELECT name FROM main.customers", "sqlite")
+    assert verdict.ok and verdict.tables == ("customers",), verdict
+    assert not (await _verdict("SELECT nope FROM main.customers", "sqlite")).ok
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "setval('s', 1)",
+        "nextval('s')",
+        "pg_catalog.setval('s', 1)",
+        "pg_advisory_lock(1)",
+        "pg_advisory_xact_lock_shared(1)",
+        "pg_try_advisory_lock(1)",
+        "lo_unlink(1)",
+        "lo_from_bytea(0, 'x')",
+        "lo_import('/etc/passwd')",
+        "lo_export(1, '/tmp/x')",
+        "txid_current()",
+        "pg_notify('c', 'x')",
+        "query_to_xml('DELETE FROM customers RETURNING 1', true, true, '')",
+        "table_to_xml('customers', true, true, '')",
+        "cursor_to_xml('c', 1, true, true, '')",
+        "query_to_xmlschema('SELECT 1', true, true, '')",
+        "dblink('x', 'SELECT 1')",
+        "dblink_connect('x')",
+        "pg_read_file('x')",
+        "pg_read_binary_file('x')",
+        "pg_ls_dir('.')",
+        "set_config('role', 'x', false)",
+        "\"setval\"('s', 1)",
+    ],
+)
+async def test_functions_that_write_or_run_sql_are_refused(call: str) -> None:
+    verdict = await _verdict(f"SELECT {call} FROM customers")
+    assert not verdict.ok and verdict.refused and verdict.stage == "policy", verdict
+    assert "is refused" in verdict.reason
+
+
+async def test_ordinary_functions_pass() -> None:
+    verdict = await _verdict("SELECT lower(name), COUNT(*), COALESCE(name, 'x') FROM customers GROUP BY name")
+    assert verdict.ok, verdict
+
+
+async def test_quoted_mixed_case_names_are_known_on_postgres() -> None:
+    verdict = await _verdict('SELECT "orderId", "Full Name" FROM "OrderItems"')
+    assert verdict.ok and verdict.tables == ("OrderItems",), verdict
+    assert "unknown column" in (await _verdict('SELECT orderid FROM "OrderItems"')).reason
+    assert (await _verdict("SELECT NAME FROM customers")).ok  # unquoted folds to lower case
+    assert (await _verdict('SELECT "orderId" FROM OrderItems', "sqlite")).ok  # SQLite ignores case
+
+
+async def test_a_table_without_columns_is_a_plain_refusal_not_a_crash() -> None:
+    from services.ai.embedded import generate
+    from services.ai.schema import ForeignKey
+    from services.ai.templates import table_templates
+
+    empty = Table("tags", ())
+    assert empty.label_column() is None
+    with pytest.raises(CannotAnswer) as err:
+        await generate("the last 2 tags", Schema((empty,), "sqlite"), _no_values)
+    assert "tags has no columns" in err.value.reason
+    notes = Table(
+        "notes",
+        (Column("id", "integer", True), Column("tag_id", "integer")),
+        (ForeignKey(("tag_id",), "tags", ("id",)),),
+    )
+    drafts = table_templates(notes, Schema((notes, empty), "sqlite"))
+    assert drafts and not [d for d in drafts if "JOIN" in d.sql]
