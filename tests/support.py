@@ -144,35 +144,37 @@ def stored_object(storage_path: str, settings: Any) -> bytes:
     return asyncio.run(read())
 
 
+def pg_admin(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """One statement as the server's administrator, autocommitted (CREATE/DROP DATABASE need it); its rows."""
+    conn = psycopg2.connect(dsn)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.close()
+
+
 class PrivateDatabase:
     """A platform database of our own on the live PostgreSQL, dropped afterwards with every tenant database
     and role made from it (they are cluster-wide and share its name's prefix)."""
 
-    def __init__(self, server_dsn: str) -> None:
-        self.server_dsn = server_dsn
-        self.name = f"lp_it_{uuid.uuid4().hex[:10]}"
-        self.dsn = psycopg2.extensions.make_dsn(server_dsn, dbname=self.name)
-        self._admin(f'CREATE DATABASE "{self.name}"')
-
-    def _admin(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        conn = psycopg2.connect(self.server_dsn)
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-        finally:
-            conn.close()
+    def __init__(self, server: str, prefix: str = "lp_it") -> None:
+        self.server = server
+        self.name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+        self.dsn = psycopg2.extensions.make_dsn(server, dbname=self.name)
+        pg_admin(server, f'CREATE DATABASE "{self.name}"')
 
     def drop(self) -> None:
         prefix = tenant_database_prefix(self.name)
-        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        for (name,) in self._admin(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", (prefix,)
-        ):
-            self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        for (name,) in self._admin("SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)", (prefix,)):
-            self._admin(f'DROP ROLE IF EXISTS "{name}"')
+        pg_admin(self.server, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        found = "SELECT datname FROM pg_database WHERE starts_with(datname, %s)"
+        for (name,) in pg_admin(self.server, found, (prefix,)):
+            pg_admin(self.server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        found = "SELECT rolname FROM pg_roles WHERE starts_with(rolname, %s)"
+        for (name,) in pg_admin(self.server, found, (prefix,)):
+            pg_admin(self.server, f'DROP ROLE IF EXISTS "{name}"')
 
 
 _HELD: list[socket.socket] = []

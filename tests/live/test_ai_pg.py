@@ -8,7 +8,6 @@ Skipped when POSTGRES_DSN is unset, unless LAUNCHPAD_REQUIRE_LIVE=1 (then it fai
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import LIVE_ENV
-from tests.live.test_data_pg import LiveDb, admin
+from tests.live.test_data_pg import LiveDb
 from tests.services.ai_support import (
     CASES,
     UNANSWERABLE,
@@ -34,10 +33,7 @@ pytestmark = pytest.mark.live
 
 @pytest.fixture(scope="module")
 def live_db() -> Iterator[LiveDb]:
-    server = LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN")
-    name = f"lp_ai_test_{uuid.uuid4().hex[:10]}"
-    admin(server, f'CREATE DATABASE "{name}"')
-    db = LiveDb(server, name)
+    db = LiveDb(LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN"), "lp_ai_test")
     try:
         yield db
     finally:

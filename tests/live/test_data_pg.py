@@ -29,34 +29,20 @@ from services.data.pg_backend import TenantNames, role_password, scram_verifier
 from services.data.servicer import build
 from tests.conftest import LIVE_ENV
 from tests.services.test_data import Data, fails, values
-from tests.support import need_env, running_service
+from tests.support import PrivateDatabase, need_env, pg_admin, running_service
 
 pytestmark = pytest.mark.live
 Stub = data_pb2_grpc.DataServiceStub
 
 
-def admin(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
+admin = pg_admin
 
 
-class LiveDb:
-    """The module's private database and the tenants created for it (their databases and roles outlive it)."""
-
-    def __init__(self, server: str, name: str) -> None:
-        self.server, self.name, self.tenants = server, name, []
-        self.dsn = psycopg2.extensions.make_dsn(server, dbname=name)
+class LiveDb(PrivateDatabase):
+    """The module's private database; tenant() names a tenant of it (dropped with it: same name prefix)."""
 
     def tenant(self) -> str:
-        name = f"lt{uuid.uuid4().hex[:10]}"
-        self.tenants.append(name)
-        return name
+        return f"lt{uuid.uuid4().hex[:10]}"
 
     def role(self, tenant: str, writable: bool = True) -> str:
         return TenantNames(tenant, self.name).role(writable)
@@ -68,22 +54,10 @@ class LiveDb:
         """The tenant's own database, as the server's administrator."""
         return psycopg2.extensions.make_dsn(self.server, dbname=self.database(tenant))
 
-    def drop(self) -> None:
-        """The database, then every tenant's database, then their roles (which the databases' grants name)."""
-        admin(self.server, f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        for tenant in self.tenants:
-            admin(self.server, f'DROP DATABASE IF EXISTS "{self.database(tenant)}" WITH (FORCE)')
-        for tenant in self.tenants:
-            for writable in (True, False):
-                admin(self.server, f'DROP ROLE IF EXISTS "{self.role(tenant, writable)}"')
-
 
 @pytest.fixture(scope="module")
 def live_db() -> Iterator[LiveDb]:
-    server = LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN")
-    name = f"lp_data_test_{uuid.uuid4().hex[:10]}"
-    admin(server, f'CREATE DATABASE "{name}"')
-    db = LiveDb(server, name)
+    db = LiveDb(LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN"), "lp_data_test")
     try:
         yield db
     finally:
@@ -650,8 +624,7 @@ async def test_without_reprovisioning_set_local_still_wins(pg: Data) -> None:
 async def test_tenant_roles_are_per_database(live_env: LiveDb, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two deployments on one server (CI's database, a dev database) with the same tenant never collide."""
     tenant = live_env.tenant()
-    second = LiveDb(live_env.server, f"lp_data_second_{uuid.uuid4().hex[:8]}")
-    admin(live_env.server, f'CREATE DATABASE "{second.name}"')
+    second = LiveDb(live_env.server, "lp_data_second")
     try:
         async with running_service("data", build) as (runtime, channel):
             first = Data(Stub(channel), runtime, tenant)
@@ -677,7 +650,6 @@ async def test_tenant_roles_are_per_database(live_env: LiveDb, monkeypatch: pyte
         assert granted and not crossed
         assert len(live_env.role("a" * 40)) <= 63 and len(live_env.database("a" * 40)) <= 63
     finally:
-        second.tenants.append(tenant)
         second.drop()
 
 

@@ -26,32 +26,22 @@ from services.core.db import (
 )
 from services.core.deps import Mode, Registry
 from tests.conftest import LIVE_ENV
-from tests.support import need_env
+from tests.support import PrivateDatabase, need_env, pg_admin
 
 pytestmark = pytest.mark.live
 
 
-def admin(dsn: str, sql: str, params: tuple = ()) -> list[tuple]:
-    conn = psycopg2.connect(dsn)
-    try:
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.close()
+admin = pg_admin
 
 
 @pytest.fixture(scope="module")
 def private_db() -> Iterator[str]:
     """A fresh database on the configured server for this module, dropped afterwards."""
-    server = LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN")
-    name = f"lp_data_platform_{uuid.uuid4().hex[:10]}"
-    admin(server, f'CREATE DATABASE "{name}"')
+    database = PrivateDatabase(LIVE_ENV["POSTGRES_DSN"] or need_env("POSTGRES_DSN"), "lp_data_platform")
     try:
-        yield psycopg2.extensions.make_dsn(server, dbname=name)
+        yield database.dsn
     finally:
-        admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        database.drop()
 
 
 @pytest.fixture
