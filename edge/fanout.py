@@ -46,7 +46,7 @@ from edge import codec
 from edge.clients import BackendCallFailed, call_metadata, client_ip
 from edge.errors import request_id_of
 from edge.routes import EdgeContext, WebSocketSpec
-from edge.websocket import OPEN_SOCKETS, Session, authenticate_socket, close_code
+from edge.websocket import OPEN_SOCKETS, Disconnected, Session, authenticate_socket, close_code
 from services.core import internal
 from services.core.context import Principal
 from services.core.contracts import method_policy
@@ -336,7 +336,7 @@ class FanoutSocket:
             await sock.session.fail(failure.code, failure.message)
         elif reader.done() and not reader.cancelled() and reader.exception() is not None:
             exc = reader.exception()
-            if not isinstance(exc, _SessionGone):
+            if not isinstance(exc, Disconnected):
                 log.error("edge: realtime socket failed", exc_info=exc, extra={"request_id": request_id})
                 await sock.session.fail(Code.INTERNAL, f"internal error (request id {request_id})")
         else:
@@ -347,7 +347,7 @@ class FanoutSocket:
             try:
                 request = await sock.session.next_request()
             except Exception as exc:
-                raise _SessionGone from exc  # the client went away
+                raise Disconnected from exc  # the client went away
             try:
                 await self._handle(sock, request)
             except ServiceError as exc:
@@ -412,10 +412,6 @@ class FanoutSocket:
 
     def _offer(self, sock: _Socket, frame: Any) -> None:
         sock.outbox.offer(orjson.dumps(self._encode(frame)).decode())
-
-
-class _SessionGone(Exception):
-    """The client closed the socket (or sent something that is not a WebSocket frame)."""
 
 
 def _expire_at(sock: _Socket) -> asyncio.TimerHandle | None:

@@ -75,7 +75,7 @@ def _reason(message: str) -> str:
     return message.encode()[:_MAX_REASON].decode(errors="ignore")
 
 
-class _Disconnected(Exception):
+class Disconnected(Exception):
     """The client closed the socket."""
 
 
@@ -94,7 +94,7 @@ class Session:
             try:
                 await self.ws.send_text(text)
             except (WebSocketDisconnect, OSError, RuntimeError):
-                raise _Disconnected from None  # the client went away while we were sending
+                raise Disconnected from None  # the client went away while we were sending
 
     async def send_response(self, response: Any) -> None:
         await self.send(orjson.dumps(self.encode(response)).decode())
@@ -104,7 +104,7 @@ class Session:
         while True:
             message = await self.ws.receive()
             if message["type"] == "websocket.disconnect":
-                raise _Disconnected
+                raise Disconnected
             raw = message.get("text")
             if raw is None:
                 raw = message.get("bytes") or b""
@@ -188,7 +188,7 @@ class WebSocketBridge:
                 await self._bidi(session, stub(metadata=metadata, timeout=self.spec.timeout_s))
             else:
                 await self._server_stream(session, stub, metadata, first)
-        except _Disconnected:
+        except Disconnected:
             return
         except grpc.aio.AioRpcError as exc:
             failure = BackendCallFailed(exc, self.spec.service)
@@ -233,7 +233,7 @@ class WebSocketBridge:
                 if not upstream.done():
                     await downstream  # the stream ended (OK or error) before the client sent anything
                     return
-                request = upstream.result()  # a new request (raises _Disconnected when the client left)
+                request = upstream.result()  # a new request (raises Disconnected when the client left)
             finally:
                 await _stop(call, downstream, upstream)
 
