@@ -9,7 +9,8 @@ import pytest
 
 from tests.support import need_env
 
-_ISOLATED = (
+# Variables that point a process at a real server or a key: stripped for hermetic runs (fixtures, stacks).
+ISOLATED = (
     "SIMULATION_MODE",
     "POSTGRES_DSN",
     "REDIS_URL",
@@ -50,7 +51,7 @@ LIVE_ENV = {
 @pytest.fixture
 def settings_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An isolated environment: embedded defaults, data and logs under tmp_path. Returns the data dir."""
-    for name in _ISOLATED:
+    for name in ISOLATED:
         monkeypatch.delenv(name, raising=False)
     data_dir = tmp_path / "data"
     monkeypatch.setenv("LAUNCHPAD_DATA_DIR", str(data_dir))

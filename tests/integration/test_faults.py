@@ -35,17 +35,12 @@ import pytest
 
 from services.core.audit import verify_chain
 from services.launcher import ROOT, Stack
-from tests.conftest import LIVE_ENV
+from tests.conftest import ISOLATED, LIVE_ENV
 from tests.support import PrivateDatabase, live_required, need_env
 
 PASSWORD = "faults-pw-1"
 WAIT_S = 60.0  # upper bound of every wait for a state change, not a timing assertion
 UNAVAILABLE = 14
-_LIVE = (
-    "SIMULATION_MODE", "POSTGRES_DSN", "REDIS_URL", "KAFKA_URL", "MINIO_ENDPOINT", "MINIO_ACCESS_KEY",
-    "MINIO_SECRET_KEY", "VAULT_ADDR", "VAULT_TOKEN", "COSIGN_KEY_PATH", "RUNTIME_AGENT_URL", "LOKI_URL",
-    "PROM_URL",
-)  # fmt: skip
 T = TypeVar("T")
 
 
@@ -53,7 +48,7 @@ def stack_env(data_dir: Path, base: int, services: list[str], **extra: str) -> d
     """Embedded defaults (no live variable inherited), the edge on base+1, service <port> on base+port-8000."""
     from services.core.config import SERVICES
 
-    env = {k: v for k, v in os.environ.items() if k not in _LIVE}
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
     env.update(
         LAUNCHPAD_DATA_DIR=str(data_dir),
         LAUNCHPAD_LOG_DIR=str(data_dir / "logs"),

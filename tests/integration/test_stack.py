@@ -16,6 +16,7 @@ import pytest
 from services.auth.ratelimit import CLIENT_FACTOR
 from services.core.config import SERVICES, load_settings
 from services.launcher import Stack
+from tests.conftest import ISOLATED
 from tests.support import openssl_verifies, stored_object
 
 PASSWORD = "integration-pw-1"
@@ -27,25 +28,7 @@ LOGIN_LIMIT = 4  # failed logins per user and address a minute; an address gets 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("stack")
-    live = (
-        "SIMULATION_MODE",
-        "POSTGRES_DSN",
-        "REDIS_URL",
-        "MINIO_ENDPOINT",
-        "MINIO_ACCESS_KEY",
-        "MINIO_SECRET_KEY",
-        "VAULT_ADDR",
-        "VAULT_TOKEN",
-        "COSIGN_KEY_PATH",
-        "RUNTIME_AGENT_URL",
-        "KAFKA_URL",
-        "LOKI_URL",
-        "PROM_URL",
-        "OPENAI_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_MODEL",
-    )
-    env = {k: v for k, v in os.environ.items() if k not in live}
+    env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
     env.update(
         LAUNCHPAD_DATA_DIR=str(data_dir),
         LAUNCHPAD_LOG_DIR=str(data_dir / "logs"),
