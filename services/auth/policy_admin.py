@@ -6,11 +6,11 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from services.auth.policies import Decision, dry_run, parse_policy
 from services.auth.store import AuthStore, PolicyRecord
 from services.auth.users import can_see, now_ms
 from services.core.context import Principal
 from services.core.errors import NotFound, PermissionDenied
+from services.core.policy import Decision, dry_run, parse_policy
 
 
 def caller_subject(caller: Principal) -> dict[str, Any]:

@@ -11,11 +11,11 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.login import Authenticator
-from services.auth.policies import Decision
 from services.auth.policy_admin import PolicyAdmin
 from services.auth.store import PolicyRecord, UserRecord
 from services.auth.users import NewUser, UserChange, Users
 from services.core.context import ROLES, WRITE_ROLES, current_call, current_principal
+from services.core.policy import Decision
 
 Context = grpc.aio.ServicerContext
 

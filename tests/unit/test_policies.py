@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from services.auth.policies import Decision, dry_run, evaluate, lookup, parse_policy, same
 from services.core.errors import InvalidArgument
+from services.core.policy import Decision, dry_run, evaluate, lookup, parse_policy, same
 
 ALICE = {"sub": "alice", "tenant": "acme", "roles": ["developer"], "team": "blue"}
 
@@ -66,8 +66,9 @@ def holds(condition: dict[str, Any], record: Any = None, subject: Any = None) ->
         ({"record.owner": {"exists": False}}, {"owner": "x"}, False),
         ({"record.amount": {"gte": 10, "lt": 20}}, {"amount": 15}, True),
         ({"record.amount": {"gte": 10, "lt": 20}}, {"amount": 20}, False),
-        ({"record.deleted": None}, {"deleted": None}, True),
-        ({"record.deleted": None}, {}, False),
+        ({"record.deleted": {"exists": False}}, {"deleted": None}, True),
+        ({"record.deleted": {"ne": 1}}, {"deleted": None}, False),  # null satisfies nothing, not even ne
+        ({"record.deleted": {"in": [1, 2]}}, {"deleted": None}, False),
         ({"record.meta": {"eq": {"a": [1, 2]}}}, {"meta": {"a": [1, 2]}}, True),
         ({"record.meta": {"eq": {"a": [1, 2]}}}, {"meta": {"a": [2, 1]}}, False),
     ],
@@ -80,7 +81,7 @@ def test_operator(condition: dict[str, Any], record: dict[str, Any], allowed: bo
 
 def test_matched_reason_names_the_rule_and_conditions() -> None:
     decision = decide(rule("deny", {"record.owner": {"ne": "$subject.sub"}}), record={"owner": "bob"})
-    assert decision == Decision("deny", 0, "rule 0 (deny) matched: record.owner ne $subject.sub")
+    assert decision == Decision("deny", 0, "rule 0 (deny) matched: record.owner ne $subject.sub", "p")
 
 
 def test_several_conditions_are_all_required_and_all_reported() -> None:
@@ -102,7 +103,7 @@ def test_several_conditions_are_all_required_and_all_reported() -> None:
         ({"record.amount": {"gt": 100}}, {"amount": "150"}, 'cannot compare string "150" with number 100'),
         ({"record.day": {"lt": "2024"}}, {"day": 2023}, 'cannot compare number 2023 with string "2024"'),
         ({"record.flag": {"gt": 0}}, {"flag": True}, "cannot compare boolean true with number 0"),
-        ({"record.amount": {"gt": 1}}, {"amount": None}, "cannot compare null null with number 1"),
+        ({"record.amount": {"gt": 1}}, {"amount": None}, "record.amount is null"),
         ({"record.n": {"contains": 1}}, {"n": 12}, "contains needs a list, or a string and a string"),
         ({"record.n": {"in": "$subject.team"}}, {"n": "blue"}, 'in needs a list, got string "blue"'),
     ],
@@ -317,6 +318,13 @@ def test_dry_run_requires_action_resource_and_bounds_records() -> None:
         ({"name": "p", "rules": [rule(condition={"record.a": {"in": ["$subject.x.", 1]}})]},
          "reference '$subject.x.' must be"),
         ({"name": "p", "rules": [rule(condition={f"record.f{i}": 1 for i in range(33)})]}, "at most 32"),
+        ({"name": "p", "rules": [rule(condition={"record.a": None})]},
+         """rules[0].condition['record.a'] null never matches (a missing or null field satisfies nothing); use {"exists": false}"""),
+        ({"name": "p", "rules": [rule(condition={"record.a": {"ne": None}})]}, "null never matches"),
+        ({"name": "p", "rules": [rule(condition={"record.a": {"in": [1, None]}})]},
+         "in null never matches; leave it out of the list"),
+        ({"name": "p", "rules": [rule(condition={"record.a": {"exists": "$subject.flag"}})]},
+         "exists operand must be true or false"),
     ],
 )  # fmt: skip
 def test_invalid_policy_names_the_offending_part(policy: Any, message: str) -> None:

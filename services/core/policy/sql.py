@@ -1,0 +1,460 @@
+"""The SQL rendering of a policy: one table's predicate for one action, for PostgreSQL and for SQLite.
+
+A row passes when `allow AND NOT deny`. Both parts are boolean SQL that is never NULL, so the NOT of a deny
+whose condition cannot be evaluated is true (SQL's NOT NULL is NULL, which would wrongly filter the row): every
+comparison is guarded as `a IS NOT NULL AND b IS NOT NULL AND a = b`, and FALSE AND NULL is FALSE.
+
+The semantics are decide.py's, on the row's JSON view: numbers (1 == 1.0), strings (ordered by code point),
+booleans, null, lists and objects; a missing column or a NULL satisfies nothing but `exists: false`; values of
+different kinds never compare. How each backend gets there:
+
+- PostgreSQL: a plain text, number or boolean column is compared natively (`"owner" = <subject's sub>`), so an
+  index on the policy column serves the predicate; any other type goes through `to_jsonb(column)`. Subject
+  values come from `launchpad.claims()` (the verified claims, jsonb), each reference its own `(select ...)`
+  so it runs once per statement, not per row.
+- SQLite: values carry their own storage class, so each comparison checks `typeof(column)` first (which also
+  stops SQLite's column affinity from turning '5' into 5). SQLite has no boolean and no JSON column: 0/1 are
+  numbers, a nested path is missing. The subject is known per call and inlined as literals.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from services.core.errors import InvalidArgument
+from services.core.policy.decide import MISSING, PolicySet, check, lookup
+from services.core.policy.lang import Condition, is_number, is_ref, ref_path
+
+Dialect = Literal["postgresql", "sqlite"]
+CLAIMS = "launchpad.claims()"  # jsonb: the caller's verified claims, NULL when unverified (pg_rls.py)
+_ORDER = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+
+
+@dataclass(frozen=True, slots=True)
+class TablePredicate:
+    allow: str  # some allow rule for (table, action) holds
+    deny: str  # some deny rule for (table, action) holds
+
+    @property
+    def passes(self) -> str:
+        return f"(({self.allow}) AND NOT ({self.deny}))"
+
+
+def render_table(
+    policies: PolicySet,
+    table: str,
+    columns: Mapping[str, str],
+    action: str,
+    dialect: Dialect,
+    subject: Mapping[str, Any] | None = None,
+    *,
+    strict: bool = False,
+) -> TablePredicate:
+    """The predicate of `action` on `table` (columns: name -> declared type).
+
+    strict (when a policy is being stored): a condition that can never hold for the column's type (a nested
+    path into a text column, `gt` on a boolean, a string compared with a number column) is an InvalidArgument
+    naming the table and column, instead of quietly matching nothing. A column the table lacks is never an
+    error: it is missing, as the dry run says, and follows a later ADD COLUMN.
+    """
+    if dialect == "postgresql":
+        render: _Renderer = _Postgres(table, columns, strict)
+    else:
+        if subject is None:
+            raise ValueError("SQLite predicates inline the subject: pass it")
+        render = _Sqlite(table, columns, subject, strict)
+    parts: dict[str, list[str]] = {"allow": [], "deny": []}
+    for scoped in policies.rules_for(action, table):
+        where = f"{scoped.policy} rules[{scoped.index}]"
+        terms = [render.condition(c, where) for c in scoped.rule.conditions]
+        parts[scoped.rule.effect].append(_all(terms, render.true))
+    return TablePredicate(_any(parts["allow"], render.false), _any(parts["deny"], render.false))
+
+
+def _all(terms: Sequence[str], true: str) -> str:
+    return "(" + " AND ".join(terms) + ")" if terms else true
+
+
+def _any(terms: Sequence[str], false: str) -> str:
+    return "(" + " OR ".join(terms) + ")" if terms else false
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _number(value: int | float) -> str:
+    text = repr(value) if isinstance(value, float) else str(value)
+    return f"({text})" if text.startswith("-") else text
+
+
+def _guarded(*parts: str) -> str:
+    return "(" + " AND ".join(parts) + ")"
+
+
+class _Renderer:
+    true = "true"
+    false = "false"
+
+    def __init__(self, table: str, columns: Mapping[str, str], strict: bool) -> None:
+        self.table = table
+        self.columns = columns
+        self.strict = strict
+
+    def condition(self, condition: Condition, where: str) -> str:
+        raise NotImplementedError
+
+    def refuse(self, condition: Condition, where: str, why: str) -> None:
+        if self.strict:
+            raise InvalidArgument(
+                f"{where}: {condition.key} {condition.op} cannot hold on table {self.table!r}: column "
+                f"{condition.path[0]!r} {why}",
+                field=condition.key,
+                table=self.table,
+                column=condition.path[0],
+            )
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Term:
+    """A value in SQL: its JSON kind ("number", "string", "boolean"; "json" when only known per row;
+    "missing"), its native SQL and its jsonb SQL."""
+
+    kind: str
+    sql: str
+    json: str
+
+    @property
+    def static(self) -> bool:
+        return self.kind in ("number", "string", "boolean")
+
+
+_MISSING_TERM = _Term("missing", "NULL", "NULL::jsonb")
+_NUMBER_TYPES = ("smallint", "integer", "bigint", "real", "double precision", "numeric")
+_TEXT_TYPES = ("text", "character varying")
+# How a jsonb value of a kind reads as that kind natively; NULL when the value is of another kind.
+_FROM_JSON = {"string": "{v} #>> '{{}}'", "number": "({v} #>> '{{}}')::numeric", "boolean": "({v})::boolean"}
+
+
+def _pg_kind(type_name: str) -> str:
+    name = type_name.lower()
+    if name.endswith("[]"):
+        return "json"
+    base = name.split("(")[0].strip()
+    if base in _NUMBER_TYPES:
+        return "number"
+    if base in _TEXT_TYPES:
+        return "string"
+    return "boolean" if base == "boolean" else "json"  # every other type through to_jsonb
+
+
+class _Postgres(_Renderer):
+    def condition(self, condition: Condition, where: str) -> str:
+        if condition.scope == "subject":
+            value = self._claim(condition.path)
+        else:
+            value = self._column(condition, where)
+        if condition.op == "exists":
+            return _pg_exists(value, condition.operand)
+        if value.kind == "missing":
+            return self.false
+        if condition.op == "in":
+            return self._in(condition, where, value)
+        operand = self._operand(condition.operand)
+        if condition.op == "contains":
+            self._check_contains(condition, where, value, operand)
+            return _pg_contains(value, operand)
+        self._check_comparable(condition, where, value, operand)
+        if condition.op == "eq":
+            return _pg_eq(value, operand)
+        if condition.op == "ne":
+            return _pg_ne(value, operand)
+        return _pg_order(value, operand, _ORDER[condition.op])
+
+    def _column(self, condition: Condition, where: str) -> _Term:
+        name, *rest = condition.path
+        type_name = self.columns.get(name)
+        if type_name is None:
+            return _MISSING_TERM
+        column = quote_ident(name)
+        kind = _pg_kind(type_name)
+        if rest and kind != "json":
+            self.refuse(condition, where, f"is {type_name}, which has no field {'.'.join(rest)!r}")
+            return _MISSING_TERM
+        if kind != "json":
+            return _Term(kind, column, f"to_jsonb({column})")
+        json_sql = f"to_jsonb({column})" + (f" #> {_pg_path(rest)}" if rest else "")
+        return _Term("json", json_sql, f"({json_sql})")
+
+    @staticmethod
+    def _claim(path: Sequence[str]) -> _Term:
+        sql = f"(select {CLAIMS} #> {_pg_path(path)})"
+        return _Term("json", sql, sql)
+
+    def _operand(self, operand: Any) -> _Term:
+        if is_ref(operand):
+            return self._claim(ref_path(operand))
+        return _pg_literal(operand)
+
+    def _in(self, condition: Condition, where: str, value: _Term) -> str:
+        operand = condition.operand
+        if is_ref(operand):
+            items = self._claim(ref_path(operand)).json
+            return _guarded(
+                f"{value.json} IS NOT NULL",
+                f"jsonb_typeof({value.json}) <> 'null'",
+                f"jsonb_typeof({items}) = 'array'",
+                f"EXISTS (SELECT 1 FROM jsonb_array_elements({items}) AS e(x) WHERE x = {value.json})",
+            )
+        terms = [self._operand(item) for item in operand]
+        # A reference in the list that is missing or null makes the whole condition unmet (decide.py).
+        present = [
+            f"{t.json} IS NOT NULL AND jsonb_typeof({t.json}) <> 'null'" for t in terms if t.kind == "json"
+        ]
+        matches = [_pg_eq(value, term) for term in terms]
+        if value.static and not any(t.kind in (value.kind, "json") for t in terms):
+            self.refuse(condition, where, f"holds {value.kind}s; no element of the list is one")
+        return _guarded(*present, _any(matches, self.false)) if matches else self.false
+
+    def _check_comparable(self, condition: Condition, where: str, value: _Term, operand: _Term) -> None:
+        if condition.op in _ORDER and value.kind == "boolean":
+            self.refuse(condition, where, "is boolean, which has no order")
+        elif value.static and operand.static and value.kind != operand.kind:
+            self.refuse(condition, where, f"holds {value.kind}s, and the operand is a {operand.kind}")
+
+    def _check_contains(self, condition: Condition, where: str, value: _Term, operand: _Term) -> None:
+        if value.kind in ("number", "boolean"):
+            self.refuse(condition, where, f"holds {value.kind}s; contains needs a list or a string")
+        elif value.kind == "string" and operand.static and operand.kind != "string":
+            self.refuse(condition, where, f"holds strings, and the operand is a {operand.kind}")
+
+
+def _pg_path(path: Sequence[str]) -> str:
+    return "ARRAY[" + ", ".join(quote_text(part) for part in path) + "]::text[]"
+
+
+def _pg_literal(value: Any) -> _Term:
+    dumped = quote_text(json.dumps(value, ensure_ascii=False)) + "::jsonb"
+    if isinstance(value, bool):
+        return _Term("boolean", "true" if value else "false", dumped)
+    if is_number(value):
+        return _Term("number", _number(value), dumped)
+    if isinstance(value, str):
+        return _Term("string", quote_text(value), dumped)
+    return _Term("json", dumped, dumped)
+
+
+def _as(term: _Term, kind: str) -> str:
+    """A term as native SQL of `kind`: NULL when its value is of another kind."""
+    if term.kind == kind:
+        return term.sql
+    if term.kind != "json":
+        return "NULL"
+    native = _FROM_JSON[kind].format(v=term.json)
+    return f"(CASE WHEN jsonb_typeof({term.json}) = '{kind}' THEN {native} END)"
+
+
+def _pg_eq(a: _Term, b: _Term) -> str:
+    if a.static or b.static:
+        kind = a.kind if a.static else b.kind
+        if (a.static and b.static and a.kind != b.kind) or "missing" in (a.kind, b.kind):
+            return "false"
+        left, right = _as(a, kind), _as(b, kind)
+        return _guarded(f"{left} IS NOT NULL", f"{right} IS NOT NULL", f"{left} = {right}")
+    return _guarded(
+        f"{a.json} IS NOT NULL",
+        f"{b.json} IS NOT NULL",
+        f"jsonb_typeof({a.json}) <> 'null'",
+        f"{a.json} = {b.json}",
+    )
+
+
+def _pg_ne(a: _Term, b: _Term) -> str:
+    return _guarded(
+        f"{a.json} IS NOT NULL",
+        f"{b.json} IS NOT NULL",
+        f"jsonb_typeof({a.json}) <> 'null'",
+        f"jsonb_typeof({b.json}) <> 'null'",
+        f"{a.json} <> {b.json}",
+    )
+
+
+def _pg_order(a: _Term, b: _Term, op: str) -> str:
+    """Numbers with numbers, strings with strings (by code point: COLLATE "C" compares UTF-8 bytes)."""
+    if a.static and b.static and a.kind != b.kind:
+        return "false"
+    kinds = [k for k in ("number", "string") if a.kind in (k, "json") and b.kind in (k, "json")]
+    options = []
+    for kind in kinds:
+        left, right = _as(a, kind), _as(b, kind)
+        collate = ' COLLATE "C"' if kind == "string" else ""
+        options.append(
+            _guarded(f"{left} IS NOT NULL", f"{right} IS NOT NULL", f"{left}{collate} {op} {right}")
+        )
+    return _any(options, "false")
+
+
+def _pg_contains(value: _Term, operand: _Term) -> str:
+    if value.kind == "string":
+        right = _as(operand, "string")
+        return _guarded(
+            f"{value.sql} IS NOT NULL", f"{right} IS NOT NULL", f"strpos({value.sql}, {right}) > 0"
+        )
+    if value.kind != "json":
+        return "false"
+    v, o = value.json, operand.json
+    in_list = _guarded(
+        f"jsonb_typeof({v}) = 'array'",
+        f"EXISTS (SELECT 1 FROM jsonb_array_elements({v}) AS e(x) WHERE x = {o})",
+    )
+    in_text = _guarded(
+        f"jsonb_typeof({v}) = 'string'",
+        f"jsonb_typeof({o}) = 'string'",
+        f"strpos({v} #>> '{{}}', {o} #>> '{{}}') > 0",
+    )
+    return _guarded(
+        f"{v} IS NOT NULL", f"{o} IS NOT NULL", f"jsonb_typeof({o}) <> 'null'", f"({in_list} OR {in_text})"
+    )
+
+
+def _pg_exists(value: _Term, wanted: bool) -> str:
+    if value.kind == "missing":
+        return "false" if wanted else "true"
+    present = value.sql if value.static else value.json
+    null = "" if value.static else f" OR jsonb_typeof({present}) = 'null'"
+    if wanted:
+        return (
+            _guarded(f"{present} IS NOT NULL", f"jsonb_typeof({present}) <> 'null'")
+            if null
+            else f"({present} IS NOT NULL)"
+        )
+    return f"({present} IS NULL{null})"
+
+
+# --- SQLite -----------------------------------------------------------------------------------------------
+
+
+class _Sqlite(_Renderer):
+    true = "1"
+    false = "0"
+
+    def __init__(
+        self, table: str, columns: Mapping[str, str], subject: Mapping[str, Any], strict: bool
+    ) -> None:
+        super().__init__(table, columns, strict)
+        self.subject = subject
+
+    def condition(self, condition: Condition, where: str) -> str:
+        if condition.scope == "subject":  # known for this call: decided here, exactly as the dry run does
+            held, _ = check(condition, {"record": {}, "subject": self.subject})
+            return self.true if held else self.false
+        name, *rest = condition.path
+        if name not in self.columns:
+            column = None
+        elif rest:
+            self.refuse(condition, where, "is a SQLite column, which has no fields")
+            column = None
+        else:
+            column = _Column(quote_ident(name), _affinity(self.columns[name]))
+        if condition.op == "exists":
+            if column is None:
+                return self.false if condition.operand else self.true
+            return f"({column.sql} IS {'NOT ' if condition.operand else ''}NULL)"
+        operand = self._resolve(condition.operand)
+        if column is None or operand is MISSING:
+            return self.false
+        return _SQLITE_OPS[condition.op](column, operand)
+
+    def _resolve(self, operand: Any) -> Any:
+        """The operand's value for this subject; MISSING when a reference is missing or null."""
+        if is_ref(operand):
+            value = lookup(self.subject, ref_path(operand))
+            return MISSING if value is None else value
+        if isinstance(operand, list):
+            items = [self._resolve(item) for item in operand]
+            return MISSING if any(item is MISSING for item in items) else items
+        return operand
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    """A SQLite column and its affinity (from the declared type, SQLite's own rules)."""
+
+    sql: str
+    affinity: str
+
+    def compared_with(self, value: Any) -> str:
+        """The column as one side of a comparison with `value`. Against a column of numeric affinity SQLite
+        turns the text '5' into the number 5 before comparing (and a text column turns 5 into '5'); `+col`
+        has no affinity, so nothing is converted. Plain `col` is kept where no conversion can happen, so an
+        index on the column still serves the comparison."""
+        numeric = self.affinity in ("INTEGER", "REAL", "NUMERIC")
+        converts = (isinstance(value, str) and numeric) or (
+            not isinstance(value, str) and self.affinity == "TEXT"
+        )
+        return f"+{self.sql}" if converts else self.sql
+
+
+def _affinity(declared: str) -> str:
+    name = declared.upper()
+    if "INT" in name:
+        return "INTEGER"
+    if any(word in name for word in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if not name or "BLOB" in name:
+        return "BLOB"
+    return "REAL" if any(word in name for word in ("REAL", "FLOA", "DOUB")) else "NUMERIC"
+
+
+def _sqlite_literal(value: Any) -> tuple[str, str] | None:
+    """(typeof check, literal) of a JSON value a SQLite column can equal; None for the others."""
+    if isinstance(value, bool) or not (is_number(value) or isinstance(value, str)):
+        return None  # SQLite columns hold no booleans, lists or objects
+    if isinstance(value, str):
+        return "= 'text'", f"{quote_text(value)} COLLATE BINARY"
+    return "IN ('integer', 'real')", _number(value)
+
+
+def _sqlite_compare(op: str) -> Callable[[_Column, Any], str]:
+    def render(column: _Column, value: Any) -> str:
+        literal = _sqlite_literal(value)
+        if literal is None:
+            return "0"
+        kind, text = literal
+        return f"(typeof({column.sql}) {kind} AND {column.compared_with(value)} {op} {text})"
+
+    return render
+
+
+_sqlite_eq = _sqlite_compare("=")
+
+
+def _sqlite_in(column: _Column, values: Any) -> str:
+    if not isinstance(values, list):
+        return "0"
+    return _any([_sqlite_eq(column, v) for v in values], "0")
+
+
+def _sqlite_contains(column: _Column, value: Any) -> str:
+    if not isinstance(value, str):
+        return "0"  # a SQLite value is never a list
+    return f"(typeof({column.sql}) = 'text' AND instr({column.sql}, {quote_text(value)}) > 0)"
+
+
+_SQLITE_OPS: dict[str, Callable[[_Column, Any], str]] = {
+    "eq": _sqlite_eq,
+    "ne": lambda column, value: f"({column.sql} IS NOT NULL AND NOT {_sqlite_eq(column, value)})",
+    "in": _sqlite_in,
+    "contains": _sqlite_contains,
+    **{op: _sqlite_compare(sql) for op, sql in _ORDER.items()},
+}
