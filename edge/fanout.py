@@ -11,9 +11,13 @@ Per socket, frames and rules are those of RealtimeService.Connect (protos/launch
 - subscribe / topic, with offset (+epoch) to recover; unsubscribe; publish (the unary Publish RPC with the
   socket's own token, so the service checks roles); ping. A refused frame gets an error frame and the socket
   stays open. At most MAX_TOPICS subscriptions per socket.
-- Every subscribe is answered by the service (topic checks, the starting offset, the replay of missed
-  messages); live messages that arrive meanwhile wait in the subscription, and each offset is delivered
-  once, in order.
+- Every subscribe is answered by the service (topic checks, the policy decision for the socket's principal,
+  the starting offset, the replay of missed messages); live messages that arrive meanwhile wait in the
+  subscription, and each offset is delivered once, in order. The edge decides no policy itself.
+- A subscription a policy change took away (the service sends an error frame with the id of that socket's
+  subscribe) ends for that socket alone: it gets the PERMISSION_DENIED error frame naming the topic, like a
+  refused subscribe, and the socket stays open, even with no topic left (as Centrifugo's unsubscribe push
+  keeps the connection): the client may subscribe again, to this topic once a policy allows it or to others.
 - Backpressure: each socket has a bounded outbox of QUEUE_LIMIT frames and one writer task; fan-out never
   waits for a socket. A socket whose outbox is full is the slow one: its outbox is dropped, it gets an error
   frame RESOURCE_EXHAUSTED and close 1013, and launchpad_edge_realtime_slow_disconnects_total goes up. The
@@ -118,12 +122,16 @@ class Outbox:
 
 
 class Subscription:
-    """One socket on one channel: live frames wait in `pending` until the service answered the subscribe."""
+    """One socket on one channel: live frames wait in `pending` until the service answered the subscribe.
+    `id` is that subscribe's id on the relay (it names the subscription to the service until it leaves);
+    `owner` the socket's subscriptions by topic (a revoked one leaves it)."""
 
-    __slots__ = ("key", "last", "outbox", "pending")
+    __slots__ = ("id", "key", "last", "outbox", "owner", "pending")
 
-    def __init__(self, outbox: Outbox, key: Key) -> None:
+    def __init__(self, outbox: Outbox, key: Key, owner: dict[str, Subscription] | None = None) -> None:
         self.outbox, self.key = outbox, key
+        self.owner = owner if owner is not None else {}
+        self.id = 0
         self.last = 0
         self.pending: list[Pending] | None = []
 
@@ -163,6 +171,7 @@ class Relay:
         self._encode = codec.encoder(method.output_type.fields_by_name["frame"].message_type)
         self._request_cls = codec.message_class(method.input_type)
         self._channels: dict[Key, set[Subscription]] = {}
+        self._members: dict[int, Subscription] = {}  # by the id of their subscribe, while subscribed
         self._waiting: dict[int, _Waiting] = {}
         self._ids = itertools.count(1)
         self._outgoing: asyncio.Queue[Any] | None = None
@@ -171,16 +180,27 @@ class Relay:
     def text(self, frame: Any) -> str:
         return orjson.dumps(self._encode(frame)).decode()
 
-    async def subscribe(self, sub: Subscription, offset: int | None, epoch: str) -> tuple[Any, list[Pending]]:
-        """Adds `sub` to its channel (live frames wait in it) and asks the service: the "subscribed" frame and
-        the replay, or the service's refusal (ServiceError); a broken relay also fails the socket."""
+    async def subscribe(
+        self, sub: Subscription, principal: Principal, offset: int | None, epoch: str
+    ) -> tuple[Any, list[Pending]]:
+        """Adds `sub` to its channel (live frames wait in it) and asks the service, for the socket's
+        principal: the "subscribed" frame and the replay, or the service's refusal (ServiceError); a broken
+        relay also fails the socket."""
         outgoing = self._open()
         self._channels.setdefault(sub.key, set()).add(sub)
         RELAY_CHANNELS.set(len(self._channels))
-        request_id = next(self._ids)
+        request_id = sub.id = next(self._ids)
+        self._members[request_id] = sub
         waiting = self._waiting[request_id] = _Waiting(asyncio.get_running_loop().create_future())
         tenant, topic = sub.key
-        request = self._request_cls(tenant=tenant, topic=topic, id=request_id, epoch=epoch)
+        request = self._request_cls(
+            tenant=tenant,
+            topic=topic,
+            id=request_id,
+            epoch=epoch,
+            subject=principal.subject,
+            roles=list(principal.roles),
+        )
         if offset is not None:
             request.offset = offset
         outgoing.put_nowait(request)
@@ -190,17 +210,26 @@ class Relay:
             self._waiting.pop(request_id, None)
 
     def detach(self, sub: Subscription) -> None:
+        """The socket left the channel: the service forgets it (and stops following the channel when it was
+        the edge's last socket there)."""
+        if not self._forget(sub):
+            return  # already gone (revoked, or with a broken relay)
+        if self._outgoing is not None:
+            tenant, topic = sub.key
+            leave = self._request_cls(tenant=tenant, topic=topic, id=sub.id, unsubscribe=True)
+            self._outgoing.put_nowait(leave)
+
+    def _forget(self, sub: Subscription) -> bool:
         subs = self._channels.get(sub.key)
         if subs is None or sub not in subs:
-            return  # already gone with a broken relay
+            return False
         subs.discard(sub)
-        if subs:
-            return
-        del self._channels[sub.key]
-        RELAY_CHANNELS.set(len(self._channels))
-        if self._outgoing is not None:  # the edge's last socket on the channel: stop relaying it
-            tenant, topic = sub.key
-            self._outgoing.put_nowait(self._request_cls(tenant=tenant, topic=topic, unsubscribe=True))
+        if self._members.get(sub.id) is sub:
+            del self._members[sub.id]
+        if not subs:
+            del self._channels[sub.key]
+            RELAY_CHANNELS.set(len(self._channels))
+        return True
 
     def _open(self) -> asyncio.Queue[Any]:
         if self._outgoing is not None:
@@ -247,6 +276,9 @@ class Relay:
     def _answer(self, request_id: int, frame: Any) -> None:
         waiting = self._waiting.get(request_id)
         if waiting is None or waiting.answer.done():
+            member = self._members.get(request_id)
+            if member is not None and frame.type == "error":
+                self._revoked(member, frame)
             return
         if frame.type == "message":
             waiting.replay.append((frame.offset, False, self.text(frame)))
@@ -255,6 +287,15 @@ class Relay:
             waiting.answer.set_exception(ServiceError(frame.error.message, code=code))
         else:
             waiting.answer.set_result(frame)
+
+    def _revoked(self, sub: Subscription, frame: Any) -> None:
+        """The service ended this socket's subscription (a policy change): the socket alone gets the error
+        frame for the topic and leaves the channel; the service already forgot it."""
+        self._forget(sub)
+        topic = sub.key[1]
+        if sub.owner.get(topic) is sub:
+            del sub.owner[topic]
+        sub.outbox.offer(self.text(frame))
 
     def _broken(self, failure: ServiceError) -> None:
         """Fails every socket on the relay and every subscribe in flight; the next subscribe reopens it."""
@@ -266,6 +307,7 @@ class Relay:
             for sub in subs:
                 sub.outbox.fail(failure)
         self._channels.clear()
+        self._members.clear()
         RELAY_CHANNELS.set(0)
 
 
@@ -377,13 +419,15 @@ class FanoutSocket:
             self.relay.detach(old)
         elif len(sock.subs) >= MAX_TOPICS:
             raise ResourceExhausted(f"at most {MAX_TOPICS} topics per connection")
-        sub = sock.subs[topic] = Subscription(sock.outbox, (sock.principal.tenant, topic))
+        sub = sock.subs[topic] = Subscription(sock.outbox, (sock.principal.tenant, topic), sock.subs)
         try:
-            subscribed, replay = await self.relay.subscribe(sub, offset, epoch)
+            subscribed, replay = await self.relay.subscribe(sub, sock.principal, offset, epoch)
         except ServiceError:
             del sock.subs[topic]
             self.relay.detach(sub)
             raise
+        if sock.subs.get(topic) is not sub:
+            return  # revoked as it was answered: the socket got that error frame instead
         recovering = offset is not None and (not epoch or epoch == subscribed.epoch)
         # an offset from the future (another epoch in all but name) starts from now, as on the service
         sub.last = min(offset, subscribed.offset) if recovering and offset is not None else subscribed.offset

@@ -186,7 +186,10 @@ def main() -> int:
     from tests import bench_realtime  # imported here: it reuses this module's stack helpers
 
     realtime_status = bench_realtime.main()  # its own stack (auth + realtime) and the bare websockets server
-    return status or realtime_status
+    from tests import bench_policies
+
+    policies_status = bench_policies.main()  # the data service alone, governed and ungoverned tables
+    return status or realtime_status or policies_status
 
 
 def _report(many: list[Result], one: list[Result]) -> int:

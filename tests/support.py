@@ -37,7 +37,7 @@ def make_token(
     tenant: str = "acme",
     roles: tuple[str, ...] = ("developer",),
     *,
-    ttl: int = 300,
+    ttl: int = 3600,  # modules make tokens at import: they must outlive the whole suite
     key: Any = None,
     kid: str = TEST_KID,
     **claims: Any,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.bootstrap import ensure_admin
+from services.auth.enforcement import DataEnforcer
 from services.auth.keys import KEY_FILE, load_key_ring
 from services.auth.login import Authenticator, TokenSettings
 from services.auth.passwords import Passwords
@@ -19,6 +20,7 @@ from services.auth.users import Users
 from services.core.config import Settings
 from services.core.db import open_platform_db
 from services.core.errors import Unavailable
+from services.core.internal import internal_secret
 from services.core.server import Runtime, ServiceSpec
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -43,10 +45,13 @@ async def build(runtime: Runtime) -> list[ServiceSpec]:
     await _first_admin(runtime, store, passwords)
     tokens = TokenSettings(settings.token_ttl_s, settings.jwt_issuer, settings.jwt_audience)
     limiter = LoginLimiter(settings.login_attempts_per_minute)
+    # Policy changes are applied by the data service before they are stored (services/auth/enforcement.py).
+    enforcer = DataEnforcer(settings.address("data"), internal_secret(settings))
+    runtime.closers.append(enforcer.close)
     servicer = AuthServicer(
         Authenticator(store, passwords, ring, limiter, tokens),
         Users(store, passwords),
-        PolicyAdmin(store),
+        PolicyAdmin(store, enforcer),
         ring.jwks(),
     )
     descriptor = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]

@@ -11,7 +11,7 @@ from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.login import Authenticator
-from services.auth.policy_admin import PolicyAdmin
+from services.auth.policy_admin import Change, PolicyAdmin
 from services.auth.store import PolicyRecord, UserRecord
 from services.auth.users import NewUser, UserChange, Users
 from services.core.context import ROLES, WRITE_ROLES, current_call, current_principal
@@ -104,10 +104,38 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
         self, request: auth_pb2.CreatePolicyRequest, context: Context
     ) -> auth_pb2.CreatePolicyResponse:
         _target(request.policy.name)
-        record = await self._policies.create(
+        change = await self._policies.create(
             current_principal(), policy_document(request.policy), request.policy.tenant
         )
-        return auth_pb2.CreatePolicyResponse(policy=policy_message(record))
+        _audit_change(change)
+        return auth_pb2.CreatePolicyResponse(policy=policy_message(change.policy), revision=change.revision)
+
+    async def GetPolicy(
+        self, request: auth_pb2.GetPolicyRequest, context: Context
+    ) -> auth_pb2.GetPolicyResponse:
+        _target(request.name)
+        record = await self._policies.get(current_principal(), request.name, request.tenant)
+        return auth_pb2.GetPolicyResponse(policy=policy_message(record))
+
+    async def ReplacePolicy(
+        self, request: auth_pb2.ReplacePolicyRequest, context: Context
+    ) -> auth_pb2.ReplacePolicyResponse:
+        _target(request.name)
+        change = await self._policies.replace(
+            current_principal(), request.name, policy_document(request.policy), request.policy.tenant
+        )
+        _audit_change(change)
+        return auth_pb2.ReplacePolicyResponse(
+            policy=policy_message(change.policy), created=change.created, revision=change.revision
+        )
+
+    async def DeletePolicy(
+        self, request: auth_pb2.DeletePolicyRequest, context: Context
+    ) -> auth_pb2.DeletePolicyResponse:
+        _target(request.name)
+        change = await self._policies.delete(current_principal(), request.name, request.tenant)
+        _audit_change(change)
+        return auth_pb2.DeletePolicyResponse(deleted=True, revision=change.revision)
 
     async def DryRunPolicy(
         self, request: auth_pb2.DryRunPolicyRequest, context: Context
@@ -129,6 +157,20 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
 def _target(name: str) -> None:
     """The audit log records whom or what an RPC was about."""
     current_call().audit["target"] = name[:128]
+
+
+def _audit_change(change: Change) -> None:
+    """A policy change's audit event names the policy, its tenant, the sha256 of the stored document (of the
+    deleted one, for a delete) and the tenant's new revision."""
+    audit = current_call().audit
+    audit.update(
+        policy=change.policy.name,
+        policy_tenant=change.policy.tenant,
+        sha256=change.policy.sha256,
+        revision=change.revision,
+    )
+    if change.previous is not None and change.previous is not change.policy:
+        audit["previous_sha256"] = change.previous.sha256
 
 
 def client_of(context: Context) -> str:
@@ -192,6 +234,8 @@ def policy_message(record: PolicyRecord) -> auth_pb2.Policy:
         tenant=record.tenant,
         created_at=_timestamp(record.created_at),
         created_by=record.created_by,
+        updated_at=_timestamp(record.updated_at or record.created_at),
+        updated_by=record.updated_by or record.created_by,
     )
 
 

@@ -12,8 +12,8 @@ PLATFORM_TENANT = "default"
 # Tenant names become file, schema and role names (data service): one pattern for every service.
 TENANT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 ROLES = {
-    "admin": "Everything in the tenant; the platform admin (tenant 'default') also manages other tenants.",
-    "developer": "Reads and writes data, storage, deployments and policies of the tenant.",
+    "admin": "Everything in the tenant, never governed by its policies, which only admins write; the platform admin (tenant 'default') also manages other tenants.",
+    "developer": "Reads and writes data, storage and deployments of the tenant, as its policies allow.",
     "viewer": "Reads only.",
 }
 

@@ -10,12 +10,14 @@ back: the "sql" dependency is unhealthy and every call raises Unavailable until 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -69,11 +71,46 @@ class PlatformDb(ABC):
         """Runs one statement in its own transaction; returns the row count."""
 
     @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]:
+        """`async with db.transaction() as tx:` statements on one connection, committed together when the
+        block ends, rolled back when it raises. Other awaits may happen inside (a call to another service):
+        the transaction, its locks and its connection are held meanwhile, so keep the block short.
+
+        PostgreSQL: READ COMMITTED; a row an UPDATE (or upsert) touched stays locked until the end, which
+        serializes concurrent writers of that row. SQLite: BEGIN IMMEDIATE, so the whole file is locked for
+        other writers (they wait up to the busy timeout) until the end; readers are never blocked (WAL).
+        """
+
+    @abstractmethod
     async def ping(self) -> None:
         """Raises Unavailable when the database does not answer (the Registry check)."""
 
     @abstractmethod
     async def close(self) -> None: ...
+
+
+# A statement function of one backend: (cursor or connection, sql, params) -> result.
+Statement = Callable[[Any, str, tuple[Any, ...]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """The statements of one open transaction (see PlatformDb.transaction); same `?` SQL as PlatformDb."""
+
+    _run: Callable[[Statement, str, tuple[Any, ...]], Awaitable[Any]]  # runs on the held connection
+    _fetchall: Statement
+    _execute: Statement
+    _sql: Callable[[str], str]  # the backend's placeholder style
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._run(self._fetchall, self._sql(sql), tuple(params))
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return await self._run(self._execute, self._sql(sql), tuple(params))
 
 
 # --- SQL text helpers ------------------------------------------------------------------------------------
@@ -335,6 +372,55 @@ class PgPlatformDb(PlatformDb):
     async def ping(self) -> None:
         await self.run(_pg_execute, "SELECT 1", ())
 
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        await self.ensure_ready()
+        async with self._slots:  # statements below use the pool threads directly: no second slot
+            conn = await self._blocking.run(self._begin)
+            committed = False
+            try:
+                yield Transaction(
+                    lambda fn, *args: self._blocking.run(self._in_transaction, conn, fn, *args),
+                    _pg_fetchall,
+                    _pg_execute,
+                    to_pyformat,
+                )
+                committed = True
+            finally:  # runs to its end in the pool thread even if this task is cancelled meanwhile
+                await self._blocking.run(self._end, conn, committed)
+
+    def _begin(self) -> psycopg2.extensions.connection:
+        try:
+            conn = self._pool.get()
+            conn.autocommit = False  # psycopg2 opens the transaction at the first statement
+        except psycopg2.Error as exc:
+            raise platform_pg_error(exc) from exc
+        return conn
+
+    def _in_transaction(self, conn: psycopg2.extensions.connection, fn: Statement, *args: Any) -> Any:
+        try:
+            with conn.cursor() as cur:
+                return fn(cur, *args)
+        except psycopg2.Error as exc:
+            if conn.closed:
+                self._pool.discard_idle()
+            raise platform_pg_error(exc) from exc
+
+    def _end(self, conn: psycopg2.extensions.connection, commit: bool) -> None:
+        try:
+            if commit:
+                conn.commit()
+        except psycopg2.Error as exc:
+            if conn.closed:
+                self._pool.discard_idle()
+            raise platform_pg_error(exc) from exc
+        finally:
+            if not conn.closed:  # the block raised or COMMIT failed: roll back (a no-op after a commit)
+                with contextlib.suppress(psycopg2.Error):
+                    conn.rollback()
+                    conn.autocommit = True
+            self._pool.put(conn)
+
     async def close(self) -> None:
         await self._blocking.run(self._pool.close)
         self._blocking.shutdown()
@@ -425,6 +511,52 @@ class SqlitePlatformDb(PlatformDb):
 
     async def ping(self) -> None:
         await self._call(_sqlite_execute, "SELECT 1", ())
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._slots:  # statements below use the pool threads directly: no second slot
+            conn = await self._blocking.run(self._begin)
+            committed = False
+            try:
+                yield Transaction(
+                    lambda fn, *args: self._blocking.run(self._in_transaction, conn, fn, *args),
+                    _sqlite_fetchall,
+                    _sqlite_execute,
+                    str,
+                )
+                committed = True
+            finally:  # runs to its end in the pool thread even if this task is cancelled meanwhile
+                await self._blocking.run(self._end, conn, committed)
+
+    def _begin(self) -> sqlite3.Connection:
+        try:
+            conn = self._idle.pop() if self._idle else self._connect()
+        except sqlite3.Error as exc:
+            raise platform_sqlite_error(exc) from exc
+        try:
+            conn.execute("BEGIN IMMEDIATE")  # the write lock now: concurrent transactions run one by one
+        except sqlite3.Error as exc:
+            self._idle.append(conn)
+            raise platform_sqlite_error(exc) from exc
+        return conn
+
+    def _in_transaction(self, conn: sqlite3.Connection, fn: Statement, *args: Any) -> Any:
+        try:
+            return fn(conn, *args)
+        except sqlite3.Error as exc:
+            raise platform_sqlite_error(exc) from exc
+
+    def _end(self, conn: sqlite3.Connection, commit: bool) -> None:
+        try:
+            if commit:
+                conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise platform_sqlite_error(exc) from exc
+        finally:
+            if conn.in_transaction:  # the block raised or COMMIT failed: roll back (errors must not mask it)
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            self._idle.append(conn)
 
     async def close(self) -> None:
         for conn in self._idle:

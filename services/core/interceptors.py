@@ -101,9 +101,7 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
             return call
         call.principal = await self._verifier.verify_header(metadata.get("authorization"))
         if not policy.allows(call.principal.roles) or (policy.write and not call.principal.can_write):
-            raise PermissionDenied(
-                f"role(s) {', '.join(call.principal.roles)} may not call {policy.full_name}"
-            )
+            raise PermissionDenied(_refusal(policy, call.principal.roles))
         return call
 
     def finish(self, call: CallContext | None, policy: MethodPolicy, code: str, started: float) -> None:
@@ -266,3 +264,14 @@ def _streaming(
         steps.kit.finish(call, steps.policy, "OK", started)
 
     return run
+
+
+def _refusal(policy: MethodPolicy, roles: tuple[str, ...]) -> str:
+    """Why the caller's roles may not make this call, in the contract's names."""
+    rpc = policy.full_name.rsplit("/", 1)[-1]
+    yours = ", ".join(roles) or "none"
+    if not policy.allows(roles):
+        return (
+            f"{rpc} needs role {' or '.join(sorted(policy.roles))} (your roles: {yours}); ask a tenant admin"
+        )
+    return f"{rpc} writes, and role(s) {yours} may only read"

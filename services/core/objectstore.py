@@ -4,10 +4,16 @@
 "objects". Both stores take physical bucket names (S3 rules, checked here) and keys checked by `check_key`.
 
 Embedded layout: data_dir/buckets/<bucket>/bucket.json and objects/<sha256(key)>, one file per object: a fixed
-4 KiB JSON header (key, size, etag, content type, time) then the bytes. An object is written to a temporary
+4 KiB JSON header (key, size, etag, content type, time, owner) then the bytes. An object is written to a temporary
 name and committed by os.replace, so a crash mid-upload leaves no partial object -- only a `.tmp-*` file that
 is never listed and is swept when the store opens. Hashing the key keeps any valid S3 key (1024 bytes, "a" and
 "a/b" side by side) storable on any filesystem.
+
+Owners: an object's `owner` is the `sub` that signed its upload URL, kept with the object (embedded: in the
+header; S3: user metadata `x-amz-meta-owner`, pinned by the presigned URL's signature, see S3Store.presign_put).
+Objects stored before owners were recorded have none (`owner` None). An upload may carry a precondition
+(`expect`): ABSENT (no object may exist at the key) or the ETag of the object that must still be there, so an
+upload URL cannot overwrite an object that appeared or changed after the URL was signed.
 """
 
 from __future__ import annotations
@@ -16,16 +22,19 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import hmac
 import io
 import ipaddress
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Iterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import orjson
 
@@ -43,6 +52,9 @@ from services.core.errors import (
 
 MAX_KEY_BYTES = 1024
 MAX_CONTENT_TYPE = 255
+MAX_OWNER_BYTES = 200  # a sub: with key and content type, the JSON header stays under HEADER bytes
+ABSENT = "*"  # an upload precondition: no object may exist at the key (S3's If-None-Match: *)
+OWNER_HEADER = "x-amz-meta-owner"
 CHUNK = 256 * 1024
 HEADER = 4096  # embedded object header: key (<= 1024 bytes, JSON-escaped at most twice) fits with room
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
@@ -72,6 +84,8 @@ class ObjectInfo:
     etag: str  # embedded: sha256 hex of the bytes; live: the S3 ETag
     content_type: str
     last_modified: datetime
+    owner: str | None = None  # the sub that signed the upload; None: not recorded (stored before owners were)
+    detailed: bool = True  # False: from an S3 listing, which carries neither content type nor owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +142,24 @@ def check_content_type(value: str) -> str:
     return value
 
 
+def check_owner(owner: str) -> str:
+    """A sub that can be kept as an object's owner: 1-200 UTF-8 bytes, no control characters."""
+    if not owner or len(owner.encode("utf-8", "surrogatepass")) > MAX_OWNER_BYTES or _CONTROL.search(owner):
+        raise FailedPrecondition(
+            f"your user id cannot be recorded as an object's owner: it must be 1-{MAX_OWNER_BYTES} bytes "
+            "without control characters; ask an admin to upload for you"
+        )
+    return owner
+
+
+def precondition_failed(bucket: str, key: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"object {bucket}/{key} was created or changed after this upload URL was signed: "
+        "ask for a new upload URL",
+        path=f"{bucket}/{key}",
+    )
+
+
 class ObjectStore(Protocol):
     mode: Mode
 
@@ -143,11 +175,21 @@ class ObjectStore(Protocol):
     async def list(
         self, bucket: str, prefix: str = "", page_size: int = 100, page_token: str = ""
     ) -> ObjectPage: ...
+    async def details(self, bucket: str, infos: list[ObjectInfo]) -> list[ObjectInfo]: ...
+    async def delete_keys(self, bucket: str, keys: list[str]) -> int: ...
     async def presign(
         self, bucket: str, key: str, method: str, expires_s: int, content_type: str = ""
     ) -> str: ...
+    async def presign_put(self, bucket: str, key: str, expires_s: int, headers: Mapping[str, str]) -> str: ...
     async def write_stream(
-        self, bucket: str, key: str, chunks: AsyncIterator[bytes], content_type: str, max_bytes: int
+        self,
+        bucket: str,
+        key: str,
+        chunks: AsyncIterator[bytes],
+        content_type: str,
+        max_bytes: int,
+        owner: str | None = None,
+        expect: str | None = None,
     ) -> ObjectInfo: ...
     async def read_stream(self, bucket: str, key: str) -> tuple[ObjectInfo, AsyncIterator[bytes]]: ...
     async def close(self) -> None: ...
@@ -157,6 +199,11 @@ def _token(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
 
+def page_token_after(key: str) -> str:
+    """The page token that continues a listing with the first key after `key` (as list() makes them)."""
+    return _token(key)
+
+
 def _untoken(token: str) -> str:
     try:
         return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
@@ -164,7 +211,8 @@ def _untoken(token: str) -> str:
         raise InvalidArgument("invalid page_token", field="page_token") from None
 
 
-def _page_size(size: int) -> int:
+def page_size_of(size: int) -> int:
+    """A listing's page size: 100 when unset, at most 1000."""
     return 100 if size <= 0 else min(size, 1000)
 
 
@@ -184,6 +232,8 @@ class FolderStore:
         self.root = root
         self.mode = mode
         self._pool = Blocking("objects", 4)
+        # Held while a precondition is checked and the object replaced, so no other commit slips between.
+        self._commit_lock = threading.Lock()
 
     def _bucket_dir(self, bucket: str) -> Path:
         return self.root / check_bucket(bucket)
@@ -251,23 +301,36 @@ class FolderStore:
         out.write(b"\0" * HEADER)
         return final, temp, out
 
-    @staticmethod
-    def _commit(final: Path, temp: Path, out: IO[bytes], info: ObjectInfo) -> None:
-        header = orjson.dumps(
-            {
-                "key": info.key,
-                "size": info.size,
-                "etag": info.etag,
-                "content_type": info.content_type,
-                "last_modified": info.last_modified.isoformat(),
-            }
-        )
+    def _commit(self, final: Path, temp: Path, out: IO[bytes], info: ObjectInfo, expect: str | None) -> None:
+        fields = {
+            "key": info.key,
+            "size": info.size,
+            "etag": info.etag,
+            "content_type": info.content_type,
+            "last_modified": info.last_modified.isoformat(),
+        }
+        if info.owner is not None:
+            fields["owner"] = info.owner
+        header = orjson.dumps(fields)
+        if len(header) > HEADER:  # check_key, check_content_type and check_owner keep it far below
+            raise InvalidArgument("object key, content type and owner too long to store together")
         out.seek(0)
         out.write(header.ljust(HEADER, b" "))
         out.flush()
         os.fsync(out.fileno())
         out.close()
-        os.replace(temp, final)  # the commit point: readers see the old object or the whole new one
+        with self._commit_lock:
+            if expect is not None and not self._holds(final, expect):
+                raise precondition_failed(final.parent.parent.name, info.key)
+            os.replace(temp, final)  # the commit point: readers see the old object or the whole new one
+
+    def _holds(self, final: Path, expect: str) -> bool:
+        """Whether the object at `final` is what the upload expects: ABSENT, or the one with this ETag."""
+        try:
+            current = self._read_header(final)
+        except FileNotFoundError:
+            return expect == ABSENT
+        return expect != ABSENT and hmac.compare_digest(current.etag, expect)
 
     @staticmethod
     def _abort(temp: Path, out: IO[bytes]) -> None:
@@ -280,10 +343,20 @@ class FolderStore:
             self._abort(temp, out)
 
     async def write_stream(
-        self, bucket: str, key: str, chunks: AsyncIterator[bytes], content_type: str, max_bytes: int
+        self,
+        bucket: str,
+        key: str,
+        chunks: AsyncIterator[bytes],
+        content_type: str,
+        max_bytes: int,
+        owner: str | None = None,
+        expect: str | None = None,
     ) -> ObjectInfo:
-        """Streams chunks to a temporary file, refusing (and deleting it) once more than max_bytes arrived."""
+        """Streams chunks to a temporary file, refusing (and deleting it) once more than max_bytes arrived;
+        with `expect`, commits only if the object at the key is still as expected (see _holds)."""
         check_content_type(content_type)
+        if owner is not None:
+            check_owner(owner)
         opening = asyncio.ensure_future(self._pool.run(self._open_temp, bucket, key))
         try:
             final, temp, out = await asyncio.shield(opening)
@@ -299,9 +372,14 @@ class FolderStore:
                 digest.update(chunk)
                 await _settled(self._pool.run(out.write, chunk))
             info = ObjectInfo(
-                key, size, digest.hexdigest(), content_type or DEFAULT_CONTENT_TYPE, datetime.now(UTC)
+                key,
+                size,
+                digest.hexdigest(),
+                content_type or DEFAULT_CONTENT_TYPE,
+                datetime.now(UTC),
+                owner,
             )
-            await self._pool.run(self._commit, final, temp, out, info)
+            await self._pool.run(self._commit, final, temp, out, info, expect)
             return info
         except BaseException:
             # Right here, not in the pool: a cancelled upload (client gone) must not leave its temp file.
@@ -315,9 +393,7 @@ class FolderStore:
         return await self.write_stream(bucket, key, one(), content_type, len(data))
 
     @staticmethod
-    def _read_header(path: Path) -> ObjectInfo:
-        with open(path, "rb") as f:
-            raw = f.read(HEADER)
+    def _header_info(raw: bytes) -> ObjectInfo:
         meta = orjson.loads(raw.rstrip(b" "))
         return ObjectInfo(
             meta["key"],
@@ -325,7 +401,13 @@ class FolderStore:
             meta["etag"],
             meta["content_type"],
             datetime.fromisoformat(meta["last_modified"]),
+            meta.get("owner"),
         )
+
+    @classmethod
+    def _read_header(cls, path: Path) -> ObjectInfo:
+        with open(path, "rb") as f:
+            return cls._header_info(f.read(HEADER))
 
     def _stat(self, bucket: str, key: str) -> ObjectInfo:
         try:
@@ -341,15 +423,11 @@ class FolderStore:
             handle = open(self._object_path(bucket, key), "rb")  # noqa: SIM115 -- the reader closes it
         except FileNotFoundError:
             raise NotFound(f"object {bucket}/{key} does not exist", path=f"{bucket}/{key}") from None
-        meta = orjson.loads(handle.read(HEADER).rstrip(b" "))
-        info = ObjectInfo(
-            meta["key"],
-            meta["size"],
-            meta["etag"],
-            meta["content_type"],
-            datetime.fromisoformat(meta["last_modified"]),
-        )
-        return info, handle
+        try:
+            return self._header_info(handle.read(HEADER)), handle
+        except BaseException:
+            handle.close()
+            raise
 
     async def read_stream(self, bucket: str, key: str) -> tuple[ObjectInfo, AsyncIterator[bytes]]:
         """The object's info and its bytes in chunks; the open handle keeps a concurrent replace harmless."""
@@ -392,7 +470,7 @@ class FolderStore:
     def _list(self, bucket: str, prefix: str, page_size: int, page_token: str) -> ObjectPage:
         after = _untoken(page_token) if page_token else ""
         infos = sorted((i for i in self._infos(bucket, prefix) if i.key > after), key=lambda i: i.key)
-        size = _page_size(page_size)
+        size = page_size_of(page_size)
         page = infos[:size]
         return ObjectPage(page, _token(page[-1].key) if len(infos) > size else "")
 
@@ -407,10 +485,19 @@ class FolderStore:
     async def delete_prefix(self, bucket: str, prefix: str) -> int:
         return await self._pool.run(self._delete_prefix, bucket, prefix)
 
+    async def delete_keys(self, bucket: str, keys: list[str]) -> int:
+        return await self._pool.run(lambda: sum(self._delete(bucket, key) for key in keys))
+
+    async def details(self, bucket: str, infos: list[ObjectInfo]) -> list[ObjectInfo]:
+        return infos  # the header of every listed object carried everything
+
     async def presign(
         self, bucket: str, key: str, method: str, expires_s: int, content_type: str = ""
     ) -> str:
         raise FailedPrecondition("the embedded store has no presigned URLs: the storage service signs them")
+
+    async def presign_put(self, bucket: str, key: str, expires_s: int, headers: Mapping[str, str]) -> str:
+        return await self.presign(bucket, key, "PUT", expires_s)
 
     async def close(self) -> None:
         self._pool.shutdown()
@@ -438,6 +525,90 @@ def _s3_error(exc: Exception, bucket: str, key: str = "") -> ServiceError:
     return Unavailable(f"S3 not answering: {type(exc).__name__}")
 
 
+_PLAIN_HEADER = re.compile(r"^[!-~](?:[ -~]*[!-~])?$")
+_ENCODED_WORD = re.compile(r"^=\?UTF-8\?B\?([A-Za-z0-9+/=]*)\?=$")
+
+
+def encode_metadata(value: str) -> str:
+    """A metadata value as an HTTP header carries it unchanged: printable ASCII as is, anything else (and
+    anything that looks encoded) as an RFC 2047 encoded word, the way S3 itself returns non-ASCII metadata."""
+    if _PLAIN_HEADER.fullmatch(value) and "  " not in value and not value.startswith("=?"):
+        return value
+    return "=?UTF-8?B?" + base64.b64encode(value.encode("utf-8", "surrogatepass")).decode() + "?="
+
+
+def decode_metadata(value: str) -> str:
+    match = _ENCODED_WORD.fullmatch(value)
+    if not match:
+        return value
+    try:
+        return base64.b64decode(match.group(1), validate=True).decode("utf-8", "surrogatepass")
+    except ValueError:
+        return value
+
+
+def _metadata(headers: Mapping[str, str], name: str) -> str | None:
+    for header, value in headers.items():
+        if header.lower() == name:
+            return decode_metadata(value)
+    return None
+
+
+def _sigv4_quote(value: str, safe: str = "") -> str:
+    # RFC 3986 unreserved characters stay; everything else is %XX (UTF-8), as SigV4's canonical form wants.
+    return quote(value, safe="-_.~" + safe)
+
+
+def presign_v4(
+    *,
+    method: str,
+    endpoint: str,
+    secure: bool,
+    bucket: str,
+    key: str,
+    expires_s: int,
+    headers: Mapping[str, str],
+    access_key: str,
+    secret_key: str,
+    region: str,
+    now: datetime | None = None,
+) -> str:
+    """A SigV4 query-string presigned URL that also signs `headers` (the minio SDK signs only Host): the
+    request must then carry each of them with exactly the signed value, or S3 refuses its signature."""
+    now = now or datetime.now(UTC)
+    amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+    scope = f"{day}/{region}/s3/aws4_request"
+    host = endpoint.removesuffix(":443" if secure else ":80")
+    signed = {"host": host, **{name.lower(): " ".join(value.split()) for name, value in headers.items()}}
+    names = sorted(signed)
+    params = {
+        "X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+        "X-Amz-Credential": f"{access_key}/{scope}",
+        "X-Amz-Date": amz_date,
+        "X-Amz-Expires": str(expires_s),
+        "X-Amz-SignedHeaders": ";".join(names),
+    }
+    query = "&".join(f"{_sigv4_quote(k)}={_sigv4_quote(v)}" for k, v in sorted(params.items()))
+    path = f"/{bucket}/{_sigv4_quote(key, safe='/')}"
+    canonical = "\n".join(
+        (
+            method,
+            path,
+            query,
+            "".join(f"{name}:{signed[name]}\n" for name in names),
+            ";".join(names),
+            "UNSIGNED-PAYLOAD",
+        )
+    )
+    to_sign = "\n".join(("AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()))
+    signing_key = ("AWS4" + secret_key).encode()
+    for part in (day, region, "s3", "aws4_request"):
+        signing_key = hmac.new(signing_key, part.encode(), hashlib.sha256).digest()
+    signature = hmac.new(signing_key, to_sign.encode(), hashlib.sha256).hexdigest()
+    scheme = "https" if secure else "http"
+    return f"{scheme}://{host}{path}?{query}&X-Amz-Signature={signature}"
+
+
 class S3Store:
     """The minio SDK against MINIO_ENDPOINT; every SDK call is blocking and runs in the "s3" pool."""
 
@@ -462,6 +633,7 @@ class S3Store:
             http_client=http,
         )
         self.endpoint = settings.minio_endpoint
+        self._settings = settings
         self._pool = Blocking("s3", 8)
 
     async def _run(self, bucket: str, key: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -526,7 +698,28 @@ class S3Store:
             stat.etag or "",
             stat.content_type or "",
             stat.last_modified or datetime.now(UTC),
+            _metadata(stat.metadata or {}, OWNER_HEADER),
         )
+
+    async def details(self, bucket: str, infos: list[ObjectInfo]) -> list[ObjectInfo]:
+        """Listed objects with content type and owner (S3 listings carry neither): one HEAD per object, in
+        parallel on the pool; an object deleted since the listing is left out."""
+
+        async def detailed(info: ObjectInfo) -> ObjectInfo | None:
+            if info.detailed:
+                return info
+            try:
+                return await self.stat(bucket, info.key)
+            except NotFound:
+                return None
+
+        found = await asyncio.gather(*(detailed(info) for info in infos))
+        return [info for info in found if info is not None]
+
+    async def delete_keys(self, bucket: str, keys: list[str]) -> int:
+        for key in keys:
+            await self._run(bucket, key, self.client.remove_object, bucket, key)
+        return len(keys)
 
     async def delete(self, bucket: str, key: str) -> bool:
         try:
@@ -541,7 +734,7 @@ class S3Store:
             bucket, prefix=prefix or None, recursive=True, start_after=after or None
         )
         infos: list[ObjectInfo] = []
-        size = _page_size(page_size)
+        size = page_size_of(page_size)
         for item in found:
             if len(infos) == size:
                 return ObjectPage(infos, _token(infos[-1].key))
@@ -552,6 +745,7 @@ class S3Store:
                     (item.etag or "").strip('"'),
                     item.content_type or "",
                     item.last_modified or datetime.now(UTC),
+                    detailed=False,
                 )
             )
         return ObjectPage(infos, "")
@@ -583,8 +777,32 @@ class S3Store:
             bucket, key, self.client.get_presigned_url, method, bucket, key, timedelta(seconds=expires_s)
         )
 
+    async def presign_put(self, bucket: str, key: str, expires_s: int, headers: Mapping[str, str]) -> str:
+        """A presigned PUT that pins `headers` (content type, owner metadata, a precondition): SeaweedFS and
+        AWS check every signed header, and SeaweedFS refuses any x-amz-* header that is not signed."""
+        check_bucket(bucket), check_key(key)
+        return presign_v4(
+            method="PUT",
+            endpoint=self.endpoint,
+            secure=self._settings.minio_secure,
+            bucket=bucket,
+            key=key,
+            expires_s=expires_s,
+            headers=headers,
+            access_key=self._settings.minio_access_key,
+            secret_key=self._settings.minio_secret_key,
+            region="us-east-1",
+        )
+
     async def write_stream(
-        self, bucket: str, key: str, chunks: AsyncIterator[bytes], content_type: str, max_bytes: int
+        self,
+        bucket: str,
+        key: str,
+        chunks: AsyncIterator[bytes],
+        content_type: str,
+        max_bytes: int,
+        owner: str | None = None,
+        expect: str | None = None,
     ) -> ObjectInfo:
         raise FailedPrecondition("live storage: upload with the presigned S3 URL, not through the edge")
 

@@ -7,7 +7,7 @@ Json (a json/jsonb value, kept apart from text) and list (an array). The service
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
@@ -15,7 +15,7 @@ from typing import Any
 
 from services.core.config import Settings
 from services.core.context import TENANT_NAME
-from services.core.errors import InvalidArgument
+from services.core.errors import Code, InvalidArgument, ServiceError
 
 
 @lru_cache(maxsize=4096)
@@ -28,10 +28,13 @@ def checked_tenant(tenant: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """The verified principal, reduced to what the database needs: the tenant and whether it may write."""
+    """The verified principal, reduced to what the database needs: the tenant, whether it may write, and what
+    policies see of it (subject: sub, tenant, roles; governed: False for tenant admins)."""
 
     tenant: str
     writable: bool
+    subject: Mapping[str, Any] = field(default_factory=dict)
+    governed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +191,14 @@ class TenantSql(ABC):
 
     @abstractmethod
     async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan: ...
+
+    async def apply_policies(
+        self, tenant: str, documents: list[Mapping[str, Any]], revision: int
+    ) -> list[str]:
+        """Compiles the tenant's whole policy set against its tables and applies it (PostgreSQL: row-level
+        security) in one transaction; the tables governed afterwards. InvalidArgument, with nothing applied,
+        when a rule cannot be compiled for a table's column."""
+        raise ServiceError("this SQL backend does not enforce policies yet", code=Code.UNIMPLEMENTED)
 
     @abstractmethod
     async def close(self) -> None: ...

@@ -1,16 +1,18 @@
 """Tenant SQL on PostgreSQL: isolation by the database's own roles and databases, not by string checks.
 
-Each tenant gets its own database, lp_<db>_<tenant>, holding a schema t_<tenant>, and two LOGIN roles,
-lp_<db>_<tenant>_rw and lp_<db>_<tenant>_ro (<db>: 6 hex digits of the platform database name's SHA-256, as
-role and database names are server-wide), members of no other role. A database of its own
+Each tenant gets its own database, lp_<db>_<tenant>, holding a schema t_<tenant>, and three LOGIN roles,
+lp_<db>_<tenant>_rw (developers), _ro (viewers) and _admin (admins; a member of _rw and of no other role;
+_rw and _ro are members of none) (<db>: 6 hex digits of the platform database name's SHA-256, as
+role and database names are server-wide). A database of its own
 is what hides other tenants: the catalogs (pg_class, pg_proc, pg_namespace) are readable by everyone but only
-describe the database they are in. Only the tenant's two roles may connect to its database (PUBLIC may not);
+describe the database they are in. Only the tenant's roles may connect to its database (PUBLIC may not);
 pg_database and pg_roles are cluster-wide, so other tenants' database and role *names* stay visible.
 This service connects AS the tenant role (its password is an HMAC of a service secret), so SET ROLE,
 RESET ROLE, set_config('role', ...) and SET SESSION AUTHORIZATION cannot raise privileges, and superuser-only
 functions (pg_read_file, COPY ... PROGRAM, lo_import) fail with permission errors. Migrations 002 and 003 (no
 CREATE on public; no large objects or advisory locks for PUBLIC) are applied inside every tenant database too,
 as those privileges are per database. Viewers use the read-only role, in READ ONLY transactions.
+Policies are row-level security on governed tables, with claims set per transaction: see pg_rls.
 
 Every call is one transaction with SET LOCAL statement_timeout; a row-returning query is read through a
 cursor in batches sized to the row cap and byte budget, so a huge result never reaches this process.
@@ -25,11 +27,12 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -50,6 +53,7 @@ from services.core.errors import (
     ServiceError,
     Unavailable,
 )
+from services.data import pg_rls
 from services.data.model import (
     Caller,
     Column,
@@ -68,6 +72,7 @@ from services.data.model import (
 from services.data.sqltext import Rendered, Statement, reads_only, render, scan
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 BACKEND = "postgresql"
 PER_TENANT = 4
 WORKERS = 16
@@ -75,7 +80,7 @@ MAX_OPEN_TENANTS = 32
 # Bump when provisioning changes: tenants recorded with an older layout are provisioned again. Layout 3 moved
 # each tenant from a schema of the platform database into a database of its own; the new database starts empty
 # and the old schema is left where it was (no data is moved).
-LAYOUT = 3
+LAYOUT = 4  # 4: the admin role, and what policies need in the tenant database (pg_rls)
 PROVISION_LOCK = 0x4C50  # first key of pg_advisory_lock(int, int); the second is hashtext(tenant)
 # What the platform database's migrations revoke from PUBLIC, applied in each tenant database as well.
 _MIGRATIONS = Path(__file__).parent / "migrations"
@@ -109,7 +114,38 @@ class TenantNames:
         return f"{tenant_database_prefix(self.database)}{self.tenant}"
 
     def role(self, writable: bool) -> str:
-        return f"{tenant_database_prefix(self.database)}{self.tenant}_{'rw' if writable else 'ro'}"
+        return self.role_of("rw" if writable else "ro")
+
+    def role_of(self, kind: str) -> str:
+        """kind: "rw" (developers), "ro" (viewers) or "admin"."""
+        return f"{tenant_database_prefix(self.database)}{self.tenant}_{kind}"
+
+    @property
+    def roles(self) -> pg_rls.Roles:
+        return pg_rls.Roles(self.schema, self.role_of("rw"), self.role_of("ro"), self.role_of("admin"))
+
+
+KINDS = ("rw", "ro", "admin")
+
+
+def role_kind(caller: Caller) -> str:
+    """Which role runs the caller's SQL: tenant admins (never governed) their own, then by writability."""
+    if caller.writable and not caller.governed and "admin" in caller.subject.get("roles", ()):
+        return "admin"
+    return "rw" if caller.writable else "ro"
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One call's identity in the database: the role it runs as and the claims its transaction carries."""
+
+    kind: str
+    key: bytes  # the tenant's claims key
+    claims: str  # the subject as JSON
+
+    @property
+    def writable(self) -> bool:
+        return self.kind != "ro"
 
 
 def tenant_database_prefix(platform_database: str) -> str:
@@ -180,13 +216,17 @@ _CASTERS = _casters()
 
 
 class TenantConnection(ext.connection):
-    """A tenant session: our value mapping, autocommit (each call writes its own BEGIN ... COMMIT)."""
+    """A tenant session: our value mapping, autocommit (each call writes its own BEGIN ... COMMIT).
+
+    `pending`: the last call's DDL took a table into governance or changed a governed one (pg_rls).
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for caster in _CASTERS:
             ext.register_type(caster, self)
         self.autocommit = True
+        self.pending = False
 
 
 _TYPE_NAMES: dict[int, str] = {
@@ -236,6 +276,8 @@ def tenant_error(exc: psycopg2.Error, limits: Limits, rendered: Rendered | None,
         details["hint"] = diag.message_hint
     if code == "57014":
         return DeadlineExceeded(f"statement cancelled: it ran longer than {limits.timeout_ms} ms", **details)
+    if code == "42501" and "row-level security" in message:
+        return PermissionDenied(_policy_outcome(message), **details)
     if code in ("42501", "25006"):
         return PermissionDenied(message, **details)
     if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError) and not code:
@@ -251,11 +293,35 @@ def tenant_error(exc: psycopg2.Error, limits: Limits, rendered: Rendered | None,
     return InvalidArgument(message, **details)
 
 
+_NEW_ROW = re.compile(r'new row violates row-level security policy (?:"lp_([a-z]+)_deny" )?for table "(.*)"')
+_ROW_SECURITY_OFF = re.compile(r'query would be affected by row-level security policy for table "(.*)"')
+
+
+def _policy_outcome(message: str) -> str:
+    """PostgreSQL's RLS refusal in the caller's words: the policy outcome, never a value of the row."""
+    if match := _NEW_ROW.match(message):
+        action, table = match.groups()
+        if action:
+            return f'denied by policy: a deny rule for {action} on table "{table}" matches the row written'
+        return (
+            f'denied by policy: no rule lets you write this row to table "{table}" (an insert must be a row '
+            "you may insert; an update must leave a row you may update)"
+        )
+    if match := _ROW_SECURITY_OFF.match(message):
+        return f'denied by policy: table "{match.group(1)}" is governed, row_security cannot be switched off'
+    return f"denied by policy: {message}"
+
+
 # --- Work done in a worker thread, on one tenant connection ---------------------------------------------
 
 
-def _begin(writable: bool, limits: Limits) -> str:
-    return f"BEGIN{'' if writable else ' READ ONLY'}; SET LOCAL statement_timeout = {int(limits.timeout_ms)}"
+def _begin(cur: ext.cursor, session: Session, limits: Limits, writable: bool | None = None) -> str:
+    """BEGIN, the timeout and the verified claims: all in the call's first round trip."""
+    read_write = session.writable if writable is None else writable
+    return (
+        f"BEGIN{'' if read_write else ' READ ONLY'}; SET LOCAL statement_timeout = {int(limits.timeout_ms)}; "
+        + pg_rls.set_claims(cur, session.key, session.claims, limits.timeout_ms)
+    )
 
 
 def _first(cur: ext.cursor, text: str) -> None:
@@ -268,18 +334,26 @@ def _first(cur: ext.cursor, text: str) -> None:
         raise
 
 
-def _finish(cur: ext.cursor, ok: bool) -> None:
+def _finish(cur: ext.cursor, ok: bool, session: Session | None = None) -> None:
+    """COMMIT (or ROLLBACK) and the session reset, one round trip. After a write that committed, the same
+    round trip asks whether its DDL took a table into governance (or changed one): see TenantConnection."""
+    if ok and session is not None and session.writable:
+        cur.execute(f"{_RESET}; COMMIT; SELECT launchpad.pending()")
+        row = cur.fetchone()
+        if row and row[0]:
+            cur.connection.pending = True
+        return
     cur.execute(f"{_RESET}; COMMIT" if ok else f"ROLLBACK; {_RESET}")
 
 
 def _query(
-    conn: ext.connection, statement: Statement, params: list[Any], writable: bool, limits: Limits
+    conn: ext.connection, session: Session, statement: Statement, params: list[Any], limits: Limits
 ) -> QueryResult:
     started = time.perf_counter()
     with conn.cursor() as cur:
         rendered = render(statement, [_literal(cur, p) for p in params])
         cursor = statement.keyword in _CURSORABLE
-        description, rows, affected = _run_statement(cur, rendered, cursor, writable, limits)
+        description, rows, affected = _run_statement(cur, rendered, cursor, session, limits)
         try:
             types = _type_names(cur, [d.type_code for d in description])
         except psycopg2.Error as exc:
@@ -291,21 +365,23 @@ def _query(
 
 
 def _run_statement(
-    cur: ext.cursor, rendered: Rendered, cursor: bool, writable: bool, limits: Limits
+    cur: ext.cursor, rendered: Rendered, cursor: bool, session: Session, limits: Limits
 ) -> tuple[list[Any], Rows, int]:
-    """One transaction: BEGIN, timeout, the statement (through a cursor when it returns rows), COMMIT."""
-    head = f"{_begin(writable, limits)}; " + (f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR " if cursor else "")
+    """One transaction: BEGIN, timeout, claims, the statement (through a cursor when it returns rows), COMMIT."""
+    head = f"{_begin(cur, session, limits)}; " + (
+        f"DECLARE {_CURSOR} NO SCROLL CURSOR FOR " if cursor else ""
+    )
     try:
         _first(cur, head + rendered.text)
         status = (cur.statusmessage or "").split()
         rows = _read(cur, cursor, limits)
         description = list(cur.description or ())
-        _finish(cur, ok=True)  # COMMIT can fail too (deferred constraints, serialization)
+        _finish(cur, ok=True, session=session)  # COMMIT can fail too (deferred constraints, serialization)
     except psycopg2.Error as exc:
         _safe_rollback(cur)
         if cursor and isinstance(exc, psycopg2.errors.FeatureNotSupported):
             # DECLARE refuses a data-modifying WITH; nothing ran (rolled back), so run it plainly
-            return _run_statement(cur, rendered, False, writable, limits)
+            return _run_statement(cur, rendered, False, session, limits)
         raise tenant_error(exc, limits, rendered, len(head)) from exc
     except ServiceError:  # a row beyond the byte budget: the call fails, so nothing it did may stay
         _safe_rollback(cur)
@@ -335,7 +411,7 @@ def _safe_rollback(cur: ext.cursor) -> None:
 
 
 def _explain(
-    conn: ext.connection, statement: Statement, params: list[Any], writable: bool, limits: Limits
+    conn: ext.connection, session: Session, statement: Statement, params: list[Any], limits: Limits
 ) -> Plan:
     if statement.keyword not in _EXPLAINABLE:
         raise InvalidArgument(
@@ -346,7 +422,7 @@ def _explain(
         rendered = render(statement, [_literal(cur, p) for p in params])
         # Our own option list: a statement starting with "(ANALYZE)" or "ANALYZE" is then a syntax error,
         # never options that would run it. It is planned only, and rolled back regardless.
-        head = f"{_begin(writable, limits)}; EXPLAIN (FORMAT TEXT) "
+        head = f"{_begin(cur, session, limits)}; EXPLAIN (FORMAT TEXT) "
         try:
             _first(cur, head + rendered.text)
             lines = [row[0] for row in cur.fetchall()]
@@ -395,10 +471,10 @@ ORDER BY c.relname, k.conname
 """
 
 
-def _list_tables(conn: ext.connection, schema: str, writable: bool, limits: Limits) -> list[Table]:
+def _list_tables(conn: ext.connection, session: Session, schema: str, limits: Limits) -> list[Table]:
     with conn.cursor() as cur:
         try:
-            _first(cur, _begin(False, limits))
+            _first(cur, _begin(cur, session, limits, writable=False))
             cur.execute(_COLUMNS_SQL, (schema,))
             columns = cur.fetchall()
             cur.execute(_FOREIGN_KEYS_SQL, (schema,))
@@ -429,7 +505,7 @@ def _tables(columns: list[tuple[Any, ...]], keys: list[tuple[Any, ...]]) -> list
 
 
 def _provision(
-    cur: ext.cursor, dsn: str, names: TenantNames, passwords: dict[bool, str], timeout_ms: int
+    cur: ext.cursor, dsn: str, names: TenantNames, passwords: dict[str, str], timeout_ms: int, key: bytes
 ) -> None:
     """Creates or repairs the tenant's database, roles and schema, idempotently, one replica at a time.
 
@@ -441,7 +517,7 @@ def _provision(
     try:
         _create_database(cur, names.tenant_database)
         _in_transaction(cur, _provision_roles, names, passwords, timeout_ms)
-        _provision_tenant_database(dsn, names)  # conn.dsn hides the password
+        _provision_tenant_database(dsn, names, key)  # conn.dsn hides the password
         cur.execute(_RECORD, (names.tenant, BACKEND, LAYOUT))
     finally:
         if not cur.connection.closed:
@@ -475,43 +551,45 @@ def _create_database(cur: ext.cursor, database: str) -> None:
         cur.execute(pgsql.SQL("CREATE DATABASE {} TEMPLATE template0").format(pgsql.Identifier(database)))
 
 
-_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS"
+_ROLE_ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE {inherit} NOREPLICATION NOBYPASSRLS"
 
 
-def _provision_roles(
-    cur: ext.cursor, names: TenantNames, passwords: dict[bool, str], timeout_ms: int
-) -> None:
+def _provision_roles(cur: ext.cursor, names: TenantNames, passwords: dict[str, str], timeout_ms: int) -> None:
     own, platform = pgsql.Identifier(names.tenant_database), pgsql.Identifier(names.database)
-    for writable in (True, False):
-        _provision_role(cur, names, writable, passwords[writable], timeout_ms)
-    rw, ro = pgsql.Identifier(names.role(True)), pgsql.Identifier(names.role(False))
+    for kind in KINDS:
+        _provision_role(cur, names, kind, passwords[kind], timeout_ms)
+    rw, ro, admin = (pgsql.Identifier(names.role_of(kind)) for kind in KINDS)
     for statement in (
         "REVOKE ALL ON DATABASE {own} FROM PUBLIC",  # CONNECT and TEMPORARY by default
-        "GRANT CONNECT, TEMPORARY ON DATABASE {own} TO {rw}",
+        "GRANT CONNECT, TEMPORARY ON DATABASE {own} TO {rw}, {admin}",
         "GRANT CONNECT ON DATABASE {own} TO {ro}",
         # Layout 2 granted CONNECT on the platform database: taken back (PUBLIC may still have it there).
-        "REVOKE ALL ON DATABASE {platform} FROM {rw}, {ro}",
+        "REVOKE ALL ON DATABASE {platform} FROM {rw}, {ro}, {admin}",
     ):
-        cur.execute(pgsql.SQL(statement).format(own=own, platform=platform, rw=rw, ro=ro))
+        cur.execute(pgsql.SQL(statement).format(own=own, platform=platform, rw=rw, ro=ro, admin=admin))
 
 
-def _provision_role(
-    cur: ext.cursor, names: TenantNames, writable: bool, password: str, timeout_ms: int
-) -> None:
-    role, schema = names.role(writable), pgsql.Identifier(names.schema)
+def _provision_role(cur: ext.cursor, names: TenantNames, kind: str, password: str, timeout_ms: int) -> None:
+    role, schema = names.role_of(kind), pgsql.Identifier(names.schema)
     ident = pgsql.Identifier(role)
     cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,))
     verb = "ALTER" if cur.fetchone() else "CREATE"
-    statement = pgsql.SQL(f"{verb} ROLE {{}} {_ROLE_ATTRIBUTES} PASSWORD %s").format(ident)
+    # The admin role inherits the developers' role (it owns what they own); the others inherit nothing.
+    attributes = _ROLE_ATTRIBUTES.format(inherit="INHERIT" if kind == "admin" else "NOINHERIT")
+    statement = pgsql.SQL(f"{verb} ROLE {{}} {attributes} PASSWORD %s").format(ident)
     cur.execute(statement, (scram_verifier(password),))
-    # No membership in any other role: whatever was granted to it is taken back.
+    # No membership in any other role (the admin role: only in _rw): whatever else was granted is taken back.
+    # The developers' role must never be a member of the admin role, which owns the governed tables.
+    keep = names.role_of("rw") if kind == "admin" else ""
     cur.execute(
         "SELECT r.rolname FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.roleid "
-        "WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = %s)",
-        (role,),
+        "WHERE m.member = (SELECT oid FROM pg_roles WHERE rolname = %s) AND r.rolname <> %s",
+        (role, keep),
     )
     for (granted,) in cur.fetchall():
         cur.execute(pgsql.SQL("REVOKE {} FROM {} CASCADE").format(pgsql.Identifier(granted), ident))
+    if keep:
+        cur.execute(pgsql.SQL("GRANT {} TO {}").format(pgsql.Identifier(keep), ident))
     # A tenant can ALTER ROLE CURRENT_USER SET ...: only our defaults survive provisioning (and every call
     # sets its own statement_timeout with SET LOCAL, which wins over any default).
     cur.execute(pgsql.SQL("ALTER ROLE {} RESET ALL").format(ident))
@@ -523,8 +601,9 @@ def _provision_role(
     cur.execute(pgsql.SQL("ALTER ROLE {} SET statement_timeout = %s").format(ident), (str(timeout_ms),))
 
 
-def _provision_tenant_database(platform_dsn: str, names: TenantNames) -> None:
-    """Inside the tenant's database, as the platform's user: PUBLIC's revokes, then the tenant's schema."""
+def _provision_tenant_database(platform_dsn: str, names: TenantNames, key: bytes) -> None:
+    """Inside the tenant's database, as the platform's user: PUBLIC's revokes, the tenant's schema, then what
+    policies need (pg_rls: claims, the event trigger)."""
     dsn = ext.make_dsn(platform_dsn, dbname=names.tenant_database)
     conn = psycopg2.connect(dsn, connect_timeout=3, application_name="launchpad-data")
     try:
@@ -532,23 +611,25 @@ def _provision_tenant_database(platform_dsn: str, names: TenantNames) -> None:
             for script in _TENANT_DATABASE_SETUP:
                 cur.execute(script)
             _provision_schema(cur, names)
+            pg_rls.provision(cur, names.roles, key)
     finally:
         conn.close()
 
 
 def _provision_schema(cur: ext.cursor, names: TenantNames) -> None:
-    schema, rw, ro = (pgsql.Identifier(n) for n in (names.schema, names.role(True), names.role(False)))
+    schema = pgsql.Identifier(names.schema)
+    rw, ro, admin = (pgsql.Identifier(names.role_of(kind)) for kind in KINDS)
     for statement in (
         "CREATE SCHEMA IF NOT EXISTS {schema}",  # owned by the platform user: tenants cannot re-grant it
         "REVOKE ALL ON SCHEMA {schema} FROM PUBLIC",
-        "GRANT USAGE, CREATE ON SCHEMA {schema} TO {rw}",
+        "GRANT USAGE, CREATE ON SCHEMA {schema} TO {rw}, {admin}",
         "GRANT USAGE ON SCHEMA {schema} TO {ro}",
         "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {ro}",
         "GRANT SELECT ON ALL SEQUENCES IN SCHEMA {schema} TO {ro}",
         "ALTER DEFAULT PRIVILEGES FOR ROLE {rw} IN SCHEMA {schema} GRANT SELECT ON TABLES TO {ro}",
         "ALTER DEFAULT PRIVILEGES FOR ROLE {rw} IN SCHEMA {schema} GRANT SELECT ON SEQUENCES TO {ro}",
     ):
-        cur.execute(pgsql.SQL(statement).format(schema=schema, rw=rw, ro=ro))
+        cur.execute(pgsql.SQL(statement).format(schema=schema, rw=rw, ro=ro, admin=admin))
 
 
 _RECORD = """
@@ -561,26 +642,37 @@ ON CONFLICT (tenant) DO UPDATE SET backend = excluded.backend, layout = excluded
 
 
 class _Tenant:
-    """Connection pools of one tenant (one per role) and the slots that bound its concurrency."""
+    """Connection pools of one tenant (one per role), the slots that bound its concurrency, its claims key,
+    and the platform user's DSN into its database (for rendering policies after DDL)."""
 
-    def __init__(self, names: TenantNames, dsns: dict[bool, str]) -> None:
+    def __init__(self, names: TenantNames, dsns: dict[str, str], key: bytes, platform_dsn: str) -> None:
         self.names = names
+        self.key = key
+        self.platform_dsn = platform_dsn
         self.slots = asyncio.Semaphore(PER_TENANT)
         self.pools = {
-            writable: PgPool(
+            kind: PgPool(
                 dsn, PER_TENANT, connection_factory=TenantConnection, connect_timeout=3,
                 application_name="launchpad-data",
             )
-            for writable, dsn in dsns.items()
+            for kind, dsn in dsns.items()
         }  # fmt: skip
 
-    def run(self, writable: bool, fn: Callable[..., T], *args: Any) -> T:
-        """In a worker thread: fn(connection, *args); a connection found dead before use is replaced once."""
-        pool = self.pools[writable]
+    def session(self, caller: Caller) -> Session:
+        return Session(role_kind(caller), self.key, pg_rls.claims_text(caller.subject))
+
+    def run(self, session: Session, fn: Callable[..., T], *args: Any) -> T:
+        """In a worker thread: fn(connection, session, *args); a connection found dead before use is replaced
+        once. When the call's DDL marked tables for governance, their policies are rendered before it returns."""
+        pool = self.pools[session.kind]
         for attempt in range(2):
             conn = self._connect(pool)
             try:
-                return fn(conn, *args)
+                result = fn(conn, session, *args)
+                if conn.pending:
+                    conn.pending = False
+                    self._render_pending()
+                return result
             except _Stale as exc:
                 pool.discard_idle()  # the server restarted: every idle connection is dead as well
                 if attempt:
@@ -592,6 +684,16 @@ class _Tenant:
             finally:
                 pool.put(conn)
         raise AssertionError("unreachable")
+
+    def _render_pending(self) -> None:
+        """The statement committed; should rendering fail, the tables stay default-deny (fail closed) and the
+        next write of the tenant tries again (they stay marked)."""
+        try:
+            pg_rls.resync(self.platform_dsn)
+        except (psycopg2.Error, ServiceError) as exc:
+            log.warning(
+                "tenant %s: rendering policies after DDL failed: %s", self.names.tenant, first_line(exc)
+            )
 
     @staticmethod
     def _connect(pool: PgPool) -> ext.connection:
@@ -624,14 +726,24 @@ class PgTenants(TenantSql):
         self._blocking = Blocking("data-pg", WORKERS)
 
     async def query(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> QueryResult:
-        return await self._run(caller, _query, scan(sql), params, caller.writable, limits)
+        return await self._run(caller, _query, scan(sql), params, limits)
 
     async def list_tables(self, caller: Caller, limits: Limits) -> list[Table]:
         names = await self._names(caller.tenant)
-        return await self._run(caller, _list_tables, names.schema, caller.writable, limits)
+        return await self._run(caller, _list_tables, names.schema, limits)
 
     async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan:
-        return await self._run(caller, _explain, scan(sql), params, caller.writable, limits)
+        return await self._run(caller, _explain, scan(sql), params, limits)
+
+    async def apply_policies(
+        self, tenant: str, documents: list[Mapping[str, Any]], revision: int
+    ) -> list[str]:
+        """Compiles the tenant's whole policy set against its tables and applies it as row-level security, in
+        one transaction of the tenant's database; the tables governed afterwards."""
+        names = await self._names(tenant)
+        await self._provision(names, force=False)
+        dsn = ext.make_dsn(self._db.dsn, dbname=names.tenant_database)
+        return await self._blocking.run(pg_rls.apply, dsn, documents, revision)
 
     async def close(self) -> None:
         for tenant in self._tenants.values():
@@ -644,7 +756,7 @@ class PgTenants(TenantSql):
             tenant = await self._tenant(caller.tenant, repair=attempt > 0)
             try:
                 async with tenant.slots:
-                    return await self._blocking.run(tenant.run, caller.writable, fn, *args)
+                    return await self._blocking.run(tenant.run, tenant.session(caller), fn, *args)
             except _LoginRefused as exc:
                 if attempt:
                     raise pg_unavailable("the tenant's database role cannot log in", exc) from exc
@@ -672,8 +784,9 @@ class PgTenants(TenantSql):
                 return
             row = await self._db.fetchone("SELECT layout FROM data_tenants WHERE tenant = ?", (names.tenant,))
             if force or row is None or row["layout"] < LAYOUT:
-                passwords = {w: role_password(self._secret, names.role(w)) for w in (True, False)}
-                await self._db.run(_provision, self._db.dsn, names, passwords, self._max_timeout_ms)
+                passwords = {kind: role_password(self._secret, names.role_of(kind)) for kind in KINDS}
+                key = pg_rls.claims_key(self._secret, names.tenant_database)
+                await self._db.run(_provision, self._db.dsn, names, passwords, self._max_timeout_ms, key)
             self._provisioned.add(names.tenant)
 
     async def _open(self, names: TenantNames) -> _Tenant:
@@ -681,15 +794,17 @@ class PgTenants(TenantSql):
         if old is not None:
             await self._blocking.run(old.close)
         dsns = {
-            w: ext.make_dsn(
+            kind: ext.make_dsn(
                 self._db.dsn,
                 dbname=names.tenant_database,
-                user=names.role(w),
-                password=role_password(self._secret, names.role(w)),
+                user=names.role_of(kind),
+                password=role_password(self._secret, names.role_of(kind)),
             )
-            for w in (True, False)
+            for kind in KINDS
         }
-        tenant = self._tenants[names.tenant] = _Tenant(names, dsns)
+        key = pg_rls.claims_key(self._secret, names.tenant_database)
+        platform_dsn = ext.make_dsn(self._db.dsn, dbname=names.tenant_database)
+        tenant = self._tenants[names.tenant] = _Tenant(names, dsns, key, platform_dsn)
         while len(self._tenants) > MAX_OPEN_TENANTS:  # close the least recently used tenant's connections
             await self._blocking.run(self._tenants.popitem(last=False)[1].close)
         return tenant

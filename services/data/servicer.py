@@ -14,6 +14,7 @@ from services.core.config import Settings
 from services.core.context import current_call, current_principal
 from services.core.db import open_platform_db
 from services.core.errors import InvalidArgument
+from services.core.policy import governed, subject_of
 from services.core.server import Runtime, ServiceSpec
 from services.data.backend import open_tenant_sql
 from services.data.model import Caller, Json, Limits, QueryResult, Table, TenantSql, checked_tenant
@@ -147,7 +148,9 @@ def table_message(table: Table) -> data_pb2.Table:
 
 def _caller() -> Caller:
     principal = current_principal()
-    return Caller(checked_tenant(principal.tenant), principal.can_write)
+    return Caller(
+        checked_tenant(principal.tenant), principal.can_write, subject_of(principal), governed(principal)
+    )
 
 
 def _audit_sql(sql: str) -> None:
@@ -184,6 +187,16 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         params = [from_cell(p) for p in request.params]
         plan = await self._sql.explain(caller, request.sql, params, self._limits(context))
         return data_pb2.ExplainResponse(plan=plan.text, read_only=plan.read_only, backend=plan.backend)
+
+    async def ApplyPolicies(
+        self, request: data_pb2.ApplyPoliciesRequest, context: Any
+    ) -> data_pb2.ApplyPoliciesResponse:
+        """Internal (auth, before it stores a change): the tenant's whole set, compiled and applied."""
+        tenant = checked_tenant(request.tenant)
+        current_call().audit.update(tenant=tenant, policy_revision=request.revision)  # it acts for the tenant
+        documents = [_integral(json_format.MessageToDict(policy)) for policy in request.policies]
+        governed = await self._sql.apply_policies(tenant, documents, request.revision)
+        return data_pb2.ApplyPoliciesResponse(governed_tables=governed)
 
 
 async def build(runtime: Runtime) -> list[ServiceSpec]:

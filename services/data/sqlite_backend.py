@@ -6,6 +6,10 @@ so VACUUM INTO, which attaches its target), extension loading and every pragma o
 with SQLITE_LIMIT_ATTACHED = 0 as a second lock. A progress handler enforces the statement timeout.
 Connections are reused per tenant and role; at most PER_TENANT run at once for one tenant, so a slow tenant
 cannot take every worker thread.
+
+Policies: developers and viewers of a tenant whose policies govern tables run on connections of their own
+(never shared with admins or ungoverned callers), which carry the shadow views, triggers and authorizer
+checks of sqlite_policies for the caller's subject; a tenant without table policies pays one revision read.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +37,8 @@ from services.core.errors import (
     ServiceError,
     Unavailable,
 )
+from services.core.policy import PolicySet, compile_set
+from services.core.policy.book import PolicyBook
 from services.data.model import (
     Caller,
     Column,
@@ -47,6 +53,15 @@ from services.data.model import (
     TenantSql,
     checked_tenant,
     collect,
+)
+from services.data.sqlite_policies import (
+    REFUSE_FUNCTION,
+    TEMP_CREATES,
+    Guard,
+    Shield,
+    compile_check,
+    governs_tables,
+    read_schema,
 )
 from services.data.sqltext import Statement, reads_only, scan
 
@@ -107,41 +122,78 @@ _DENIED_TABLES = frozenset({"sqlite_dbpage"})  # raw page access, when compiled 
 _NOT_READS = frozenset(range(1, 19)) | {23, 24, 25, 26, 27, 28, 29, 30, 32}  # every action that changes state
 
 
-def _authorizer(recorder: list[int] | None) -> Callable[..., int]:
-    def authorize(action: int, arg1: str | None, arg2: str | None, db: str | None, trigger: Any) -> int:
-        if recorder is not None and action in _NOT_READS:
-            recorder.append(action)
-        if action == sqlite3.SQLITE_PRAGMA:
-            allowed = arg1 in _PRAGMAS_ANY or (arg1 in _PRAGMAS_READ and arg2 is None)
-            return sqlite3.SQLITE_OK if allowed else sqlite3.SQLITE_DENY
-        if action == sqlite3.SQLITE_FUNCTION:
-            return sqlite3.SQLITE_DENY if (arg2 or "").lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
-        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) or arg1 in _DENIED_TABLES:
-            return sqlite3.SQLITE_DENY
-        return sqlite3.SQLITE_OK
-
-    return authorize
+def _base_decision(action: int, arg1: str | None, arg2: str | None) -> int:
+    """What every tenant connection refuses: other files, extensions, most pragmas."""
+    if action == sqlite3.SQLITE_PRAGMA:
+        allowed = arg1 in _PRAGMAS_ANY or (arg1 in _PRAGMAS_READ and arg2 is None)
+        return sqlite3.SQLITE_OK if allowed else sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_FUNCTION:
+        return sqlite3.SQLITE_DENY if (arg2 or "").lower() in _DENIED_FUNCTIONS else sqlite3.SQLITE_OK
+    if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH) or arg1 in _DENIED_TABLES:
+        return sqlite3.SQLITE_DENY
+    return sqlite3.SQLITE_OK
 
 
 class _Connection:
-    """One tenant connection (one role), used by one worker thread at a time."""
+    """One tenant connection (one role; governed or not), used by one worker thread at a time.
 
-    def __init__(self, path: Path, writable: bool) -> None:
+    A governed connection (shield set) prepares every statement anew (no statement cache: each is authorized
+    for the call's own subject and schema), fires delete triggers for the rows REPLACE removes
+    (recursive_triggers), and keeps its temp schema in memory.
+    """
+
+    def __init__(self, path: Path, writable: bool, governed: bool = False) -> None:
         uri = f"file:{quote(str(path))}?mode={'rwc' if writable else 'ro'}"
-        self.conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        cached = 0 if governed else 128
+        self.conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, cached_statements=cached
+        )
+        self.shield = Shield(writable) if governed else None
+        self.recorder: list[int] | None = None
+        self.made_temp = False  # a temp object was created on this connection by a caller
         self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self.conn.execute("PRAGMA foreign_keys = ON")
+        if self.shield is not None:
+            self.conn.execute("PRAGMA recursive_triggers = ON")
+            self.conn.execute("PRAGMA temp_store = MEMORY")
+            self.conn.create_function(REFUSE_FUNCTION, 1, self.shield.refuse)
         if not writable:
             self.conn.execute("PRAGMA query_only = ON")
         self.conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         self.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
         self.conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES)
-        self.conn.set_authorizer(_authorizer(None))
+        self.conn.set_authorizer(self._authorize)
         self.deadline = math.inf
         self.conn.set_progress_handler(lambda: time.monotonic() > self.deadline, PROGRESS_STEPS)
 
-    def query(self, sql: str, params: list[Any] | dict[str, Any], limits: Limits) -> QueryResult:
+    def _authorize(self, action: int, arg1: str | None, arg2: str | None, db: str | None, source: Any) -> int:
+        if self.shield is not None and self.shield.internal:
+            return sqlite3.SQLITE_OK  # our own statements (sqlite_policies installs the caller's objects)
+        if self.recorder is not None and action in _NOT_READS:
+            self.recorder.append(action)
+        if action in TEMP_CREATES:
+            self.made_temp = True
+        decision = _base_decision(action, arg1, arg2)
+        if decision != sqlite3.SQLITE_OK or self.shield is None:
+            return decision
+        return self.shield.authorize(action, arg1, arg2, db, source)
+
+    def _governed(self, sql: str, guard: Guard | None) -> str:
+        """The statement to run: for a governed call, after this caller's objects are in place."""
+        if self.shield is None or guard is None:
+            return sql
+        return self.shield.prepare(self.conn, guard, sql)
+
+    def _error(self, exc: sqlite3.Error, limits: Limits) -> ServiceError:
+        if self.shield is not None and self.shield.denial:
+            return PermissionDenied(self.shield.denial)
+        return tenant_error(exc, limits)
+
+    def query(
+        self, sql: str, params: list[Any] | dict[str, Any], limits: Limits, guard: Guard | None = None
+    ) -> QueryResult:
         started = time.perf_counter()
+        sql = self._governed(sql, guard)
         self.deadline = time.monotonic() + limits.timeout_ms / 1000
         changes = self.conn.total_changes
         try:
@@ -153,7 +205,7 @@ class _Connection:
             finally:
                 cursor.close()  # ends the statement, so its implicit transaction commits now
         except sqlite3.Error as exc:
-            raise tenant_error(exc, limits) from exc
+            raise self._error(exc, limits) from exc
         finally:
             self.deadline = math.inf
             self._end_transaction()
@@ -168,17 +220,20 @@ class _Connection:
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
-    def explain(self, sql: str, params: list[Any] | dict[str, Any], limits: Limits) -> Plan:
+    def explain(
+        self, sql: str, params: list[Any] | dict[str, Any], limits: Limits, guard: Guard | None = None
+    ) -> Plan:
         actions: list[int] = []
-        self.conn.set_authorizer(_authorizer(actions))  # SQLite reports what the statement would do
+        routed = self._governed(sql, guard)
+        self.recorder = actions  # SQLite reports what the statement would do
         self.deadline = time.monotonic() + limits.timeout_ms / 1000
         try:
-            rows = self.conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+            rows = self.conn.execute(f"EXPLAIN QUERY PLAN {routed}", params).fetchall()
         except sqlite3.Error as exc:
-            raise tenant_error(exc, limits) from exc
+            raise self._error(exc, limits) from exc
         finally:
             self.deadline = math.inf
-            self.conn.set_authorizer(_authorizer(None))
+            self.recorder = None
             self._end_transaction()
         read_only = not actions and reads_only(sql, "sqlite") is not False
         return Plan(_plan_text(rows), read_only, BACKEND)
@@ -267,6 +322,8 @@ def tenant_error(exc: sqlite3.Error, limits: Limits) -> ServiceError:
     message = str(exc)
     if primary == sqlite3.SQLITE_INTERRUPT:
         return DeadlineExceeded(f"statement cancelled: it ran longer than {limits.timeout_ms} ms")
+    if primary == sqlite3.SQLITE_CONSTRAINT and message.startswith("denied by policy:"):
+        return PermissionDenied(message)  # a policy check (sqlite_policies) refused the row
     if primary in (sqlite3.SQLITE_AUTH, sqlite3.SQLITE_READONLY) or message.startswith("not authorized"):
         return PermissionDenied(f"not allowed: {message}", sqlite_error=getattr(exc, "sqlite_errorname", ""))
     if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
@@ -289,25 +346,30 @@ _DOWN = {
 
 
 class _Tenant:
-    """Open connections of one tenant, per role, and the slots that bound its concurrency."""
+    """Open connections of one tenant, per role and governance, and the slots that bound its concurrency."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.slots = asyncio.Semaphore(PER_TENANT)
-        self.idle: dict[bool, list[_Connection]] = {True: [], False: []}
+        self.idle: dict[tuple[bool, bool], list[_Connection]] = {
+            (writable, governed): [] for writable in (True, False) for governed in (True, False)
+        }
         self.closed = False
 
-    def run(self, writable: bool, fn: Callable[..., T], *args: Any) -> T:
-        """In a worker thread: fn(connection, *args) on a reused connection of the role."""
-        pool = self.idle[writable]
+    def run(self, writable: bool, guard: Guard | None, keep: bool, fn: Callable[..., T], *args: Any) -> T:
+        """In a worker thread: fn(connection, *args) on a reused connection of the role (for a governed call,
+        preferably one already set up for the same subject). keep=False: a connection on which the call
+        made temporary objects is closed afterwards, so they never reach another caller."""
+        pool = self.idle[(writable, guard is not None)]
         try:
-            conn = pool.pop() if pool else _Connection(self.path, writable)
+            conn = _take(pool, guard) if pool else _Connection(self.path, writable, guard is not None)
         except sqlite3.Error as exc:
             raise Unavailable(f"cannot open the tenant database: {exc}") from exc
+        conn.made_temp = False
         try:
             return fn(conn, *args)
         finally:  # more than PER_TENANT exist only after a cancelled call: do not keep the extra
-            if self.closed or len(pool) >= PER_TENANT:
+            if self.closed or len(pool) >= PER_TENANT or (conn.made_temp and not keep):
                 conn.close()
             else:
                 pool.append(conn)
@@ -319,26 +381,55 @@ class _Tenant:
                 pool.pop().close()
 
 
+def _take(pool: list[_Connection], guard: Guard | None) -> _Connection:
+    """The most recently used connection, or for a governed call the last one set up for its subject."""
+    if guard is not None:
+        key = guard.key
+        for index in range(len(pool) - 1, -1, -1):
+            shield = pool[index].shield
+            if shield is not None and shield.key is not None and shield.key[:2] == key:
+                return pool.pop(index)
+    return pool.pop()
+
+
 class SqliteTenants(TenantSql):
     backend = BACKEND
 
-    def __init__(self, folder: Path, db: PlatformDb) -> None:
+    def __init__(self, folder: Path, db: PlatformDb, book: PolicyBook | None = None) -> None:
         self._folder = folder
         self._db = db
+        self._book = book if book is not None else PolicyBook(db)
         self._tenants: OrderedDict[str, _Tenant] = OrderedDict()
         self._blocking = Blocking("data-sqlite", WORKERS)
         self._provisioning = asyncio.Lock()
 
     async def query(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> QueryResult:
         statement = scan(sql)
-        return await self._run(caller, _Connection.query, statement.text, _bind(statement, params), limits)
+        guard = await self._guard(caller)
+        bound = _bind(statement, params)
+        return await self._run(caller, guard, _Connection.query, statement.text, bound, limits, guard)
 
     async def list_tables(self, caller: Caller, limits: Limits) -> list[Table]:
-        return await self._run(caller, _Connection.list_tables, limits)
+        # The schema is no secret a policy keeps: listed from a connection without shadow views, so governed
+        # tables show their real keys and defaults.
+        return await self._run(caller, None, _Connection.list_tables, limits)
 
     async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan:
         statement = scan(sql)
-        return await self._run(caller, _Connection.explain, statement.text, _bind(statement, params), limits)
+        guard = await self._guard(caller)
+        bound = _bind(statement, params)
+        return await self._run(caller, guard, _Connection.explain, statement.text, bound, limits, guard)
+
+    async def apply_policies(
+        self, tenant: str, documents: list[Mapping[str, Any]], revision: int
+    ) -> list[str]:
+        """ApplyPolicies on SQLite: a compile check of the whole set against the tenant's tables (the policies
+        are read per call, so there is nothing to store); the tables governed by it. InvalidArgument names the
+        policy, table and column a rule cannot be compiled for."""
+        policies = compile_set(documents, revision)
+        subject = {"sub": "", "tenant": tenant, "roles": []}
+        admin = Caller(checked_tenant(tenant), True)
+        return await self._run(admin, None, _compile_check, policies, subject)
 
     async def close(self) -> None:
         for tenant in self._tenants.values():
@@ -346,11 +437,21 @@ class SqliteTenants(TenantSql):
         self._tenants.clear()
         self._blocking.shutdown()
 
-    async def _run(self, caller: Caller, fn: Callable[..., T], *args: Any) -> T:
+    async def _guard(self, caller: Caller) -> Guard | None:
+        """What governs the call: None for admins and for tenants whose policies name no table."""
+        if not caller.governed:
+            return None
+        policies: PolicySet = await self._book.current(caller.tenant)
+        if not governs_tables(policies):
+            return None
+        return Guard(policies, dict(caller.subject))
+
+    async def _run(self, caller: Caller, guard: Guard | None, fn: Callable[..., T], *args: Any) -> T:
         tenant = self._tenants.get(caller.tenant) or await self._open(caller.tenant)
         self._tenants.move_to_end(caller.tenant)
+        keep = not caller.governed  # temp objects of developers and viewers never outlive their call
         async with tenant.slots:
-            return await self._blocking.run(tenant.run, caller.writable, fn, *args)
+            return await self._blocking.run(tenant.run, caller.writable, guard, keep, fn, *args)
 
     async def _open(self, name: str) -> _Tenant:
         """First use of a tenant in this process: create its file (idempotent) and record it."""
@@ -364,6 +465,15 @@ class SqliteTenants(TenantSql):
             while len(self._tenants) > MAX_OPEN_TENANTS:  # close the least recently used tenant's files
                 await self._blocking.run(self._tenants.popitem(last=False)[1].close)
             return tenant
+
+
+def _compile_check(conn: _Connection, policies: PolicySet, subject: Mapping[str, Any]) -> list[str]:
+    try:
+        return compile_check(conn.conn, policies, read_schema(conn.conn), subject)
+    except sqlite3.Error as exc:
+        raise InvalidArgument(f"a policy does not compile on this tenant's tables: {exc}") from exc
+    finally:
+        conn._end_transaction()
 
 
 LAYOUT = 1  # bump when provisioning changes; recorded per tenant in data_tenants

@@ -1,7 +1,8 @@
 """Wires the realtime service: the backend deps.select_mode picks (Kafka, Redis Streams or embedded).
 
 KAFKA_URL wins when set (REDIS_URL is then not used by realtime: one backend per deployment, so every
-replica must agree); else REDIS_URL; else the in-process broker.
+replica must agree); else REDIS_URL; else the in-process broker. Topics obey the tenant's policies, read
+from the platform database's policy book (access.py).
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.core.config import Settings
 from services.core.deps import Mode, Registry, answers, select_mode
+from services.core.policy.book import open_policy_book
 from services.core.server import Runtime, ServiceSpec
+from services.realtime.access import Access
 from services.realtime.backends import Backend, KafkaBackend, MemoryBackend, RedisBackend
 from services.realtime.hub import Hub
 from services.realtime.servicer import RealtimeServicer
@@ -63,15 +66,19 @@ async def open_backend(settings: Settings, deps: Registry) -> Backend:
 
 
 async def build(runtime: Runtime) -> list[ServiceSpec]:
+    book = await open_policy_book(runtime)
     backend = await open_backend(runtime.settings, runtime.deps)
     hub = Hub(backend)
     hub.start()
+    access = Access(book, hub)
+    access.start()
     runtime.closers.append(backend.close)
     runtime.closers.append(hub.close)  # closers run in reverse: the hub stops before the backend closes
+    runtime.closers.append(access.close)  # the re-check stops first
     runtime.log.info("realtime ready", extra={"backend": backend.name})
     descriptor = realtime_pb2.DESCRIPTOR.services_by_name["RealtimeService"]
     return [
         ServiceSpec(
-            descriptor, RealtimeServicer(hub), realtime_pb2_grpc.add_RealtimeServiceServicer_to_server
+            descriptor, RealtimeServicer(hub, access), realtime_pb2_grpc.add_RealtimeServiceServicer_to_server
         )
     ]

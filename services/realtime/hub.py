@@ -16,6 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -23,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge
 
 from launchpad.realtime.v1 import realtime_pb2
+from services.core.context import Principal
 from services.core.errors import ResourceExhausted, ServiceError, Unavailable
 from services.realtime.backends import Backend, Entry, EpochChanged, now_ms
 
@@ -95,11 +97,24 @@ class Connection:
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 
 
-class Subscription:
-    """One connection on one channel: delivers each offset once, in order; buffers while recovering."""
+@dataclass(slots=True, eq=False)
+class Reader:
+    """Who reads a subscription, and the tenant's policy revision its access was last decided at (None: a
+    tenant admin, never governed, never re-checked). access.py re-decides readers when the revision moves."""
 
-    def __init__(self, conn: Connection, topic: str, channel: str) -> None:
-        self.conn, self.topic, self.channel = conn, topic, channel
+    principal: Principal
+    revision: int | None
+
+
+class Subscription:
+    """One connection on one channel: delivers each offset once, in order; buffers while recovering.
+
+    `readers` are those it delivers for: one (key 0) on a client's Connect stream; on an edge's relay, one
+    per socket subscribed through it (keyed by the id of that socket's subscribe)."""
+
+    def __init__(self, conn: Connection, tenant: str, topic: str, channel: str) -> None:
+        self.conn, self.tenant, self.topic, self.channel = conn, tenant, topic, channel
+        self.readers: dict[int, Reader] = {}
         self.epoch = ""
         self.last = 0
         self.pending: list[Entry] | None = []  # live entries that arrive while the history is read
@@ -123,16 +138,40 @@ class Subscription:
         for entry in [*replay, *pending]:
             self.deliver(entry)
 
+    def revoke(self, key: int, failure: ServiceError) -> bool:
+        """Ends reader `key`'s access with `failure` (an error frame for the topic; the stream goes on).
+        True when nobody is left to deliver for: the caller then detaches the subscription from the hub."""
+        if self.readers.pop(key, None) is None or self.conn.subscriptions.get(self.topic) is not self:
+            return False  # already gone (unsubscribed, resubscribed or the stream ended)
+        del self.conn.subscriptions[self.topic]
+        self.conn.offer(error_frame(failure, self.topic))
+        return True
+
 
 class RelaySubscription(Subscription):
-    """An edge process's one subscription to a channel: frames go out tagged with the tenant."""
-
-    def __init__(self, conn: Connection, tenant: str, topic: str, channel: str) -> None:
-        super().__init__(conn, topic, channel)
-        self.tenant = tenant
+    """An edge process's one subscription to a channel: frames go out tagged with the tenant. Its readers
+    are the edge's sockets on the channel; the edge unsubscribes each as it leaves."""
 
     def emit(self, frame: realtime_pb2.ConnectResponse) -> None:
         self.conn.offer(realtime_pb2.RelayResponse(tenant=self.tenant, frame=frame))
+
+    def revoke(self, key: int, failure: ServiceError) -> bool:
+        """Ends one socket's subscription: the error frame goes out with the id of that socket's subscribe
+        (the edge sends it to that socket alone); the channel goes when its last socket did."""
+        if self.readers.pop(key, None) is None or self.conn.subscriptions.get(self.channel) is not self:
+            return False
+        frame = error_frame(failure, self.topic)
+        self.conn.offer(realtime_pb2.RelayResponse(tenant=self.tenant, id=key, frame=frame))
+        if self.readers:
+            return False
+        del self.conn.subscriptions[self.channel]
+        return True
+
+
+def error_frame(exc: ServiceError, topic: str = "") -> realtime_pb2.ConnectResponse:
+    return realtime_pb2.ConnectResponse(
+        type="error", topic=topic, error=realtime_pb2.FrameError(code=exc.code.name, message=exc.message)
+    )
 
 
 def message_frame(topic: str, epoch: str, entry: Entry) -> realtime_pb2.ConnectResponse:
@@ -186,6 +225,14 @@ class Hub:
         for sub in conn.subscriptions.values():
             self.detach(sub)
         conn.subscriptions.clear()
+
+    def by_tenant(self) -> dict[str, list[Subscription]]:
+        """This process's subscriptions, grouped by tenant (a snapshot)."""
+        tenants: dict[str, list[Subscription]] = {}
+        for subs in self._subs.values():
+            for sub in subs:
+                tenants.setdefault(sub.tenant, []).append(sub)
+        return tenants
 
     async def _follow(self, channel: str, after: int, epoch: str) -> None:
         try:

@@ -2,15 +2,18 @@
 
 Client frames: subscribe (or `topic`, a synonym) with optional offset+epoch for recovery, unsubscribe,
 publish {topic, msg}, ping. Server frames: message / subscribed / unsubscribed / published / pong / error.
-A refused frame (bad topic, a viewer publishing) gets an error frame and the stream goes on. The stream ends
-with UNAUTHENTICATED when the caller's token expires, and with RESOURCE_EXHAUSTED for a slow client (the rule
-is in hub.py).
+A refused frame (bad topic, a viewer publishing, a policy's refusal) gets an error frame and the stream goes
+on. A subscription a policy change took away gets a PERMISSION_DENIED error frame for its topic and ends;
+the stream goes on with the others (access.py). The stream ends with UNAUTHENTICATED when the caller's
+token expires, and with RESOURCE_EXHAUSTED for a slow client (the rule is in hub.py).
 
 Relay is Connect for a whole edge process (internal): one subscription per channel however many sockets the
-edge has on it, each message sent once; the edge fans out. Each socket's subscribe still comes here (topic
-checks, the starting offset, the history replay), answered by id; the replay goes out as that id's message
-frames, before its "subscribed" frame. A relay that falls RELAY_QUEUE_LIMIT frames behind is ended with
-RESOURCE_EXHAUSTED (the edge then closes its sockets 1013 and they recover by offset).
+edge has on it, each message sent once; the edge fans out. Each socket's subscribe still comes here with
+the socket's principal (topic checks, the policy decision, the starting offset, the history replay),
+answered by id; the replay goes out as that id's message frames, before its "subscribed" frame. The id
+then names that socket's subscription: the edge unsubscribes it by id when the socket leaves, and an error
+frame with that id ends it (a policy change). A relay that falls RELAY_QUEUE_LIMIT frames behind is ended
+with RESOURCE_EXHAUSTED (the edge then closes its sockets 1013 and they recover by offset).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from services.core.errors import (
     ServiceError,
     Unauthenticated,
 )
+from services.realtime.access import Access
 from services.realtime.hub import (
     CONNECTIONS,
     PUBLISHED,
@@ -39,6 +43,7 @@ from services.realtime.hub import (
     Hub,
     RelaySubscription,
     Subscription,
+    error_frame,
     message_frame,
     timestamp,
 )
@@ -64,15 +69,9 @@ def channel_of(tenant: str, topic: str) -> str:
     return f"{tenant}/{topic}"
 
 
-def _error(exc: ServiceError, topic: str = "") -> Response:
-    return Response(
-        type="error", topic=topic, error=realtime_pb2.FrameError(code=exc.code.name, message=exc.message)
-    )
-
-
 class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
-    def __init__(self, hub: Hub) -> None:
-        self._hub = hub
+    def __init__(self, hub: Hub, access: Access) -> None:
+        self._hub, self._access = hub, access
 
     async def Publish(
         self, request: realtime_pb2.PublishRequest, context: Any
@@ -85,12 +84,14 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
         )
 
     async def _publish(self, principal: Principal, topic: str, msg: struct_pb2.Value) -> tuple[int, int]:
-        if not principal.can_write:
+        if not principal.can_write:  # roles first: no policy lets a viewer publish
             raise PermissionDenied("publishing needs the developer or admin role")
+        topic = _topic(topic)
         payload = msg.SerializeToString()
         if len(payload) > MAX_MESSAGE_BYTES:
             raise InvalidArgument(f"message is over {MAX_MESSAGE_BYTES} bytes", field="msg")
-        entry = await self._hub.backend.append(channel_of(principal.tenant, _topic(topic)), payload)
+        await self._access.admit(principal, "write", topic)
+        entry = await self._hub.backend.append(channel_of(principal.tenant, topic), payload)
         PUBLISHED.labels(self._hub.backend.name).inc()
         return entry.offset, entry.timestamp_ms
 
@@ -119,7 +120,7 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
                 try:
                     await self._handle(request, conn, principal)
                 except ServiceError as exc:
-                    conn.offer(_error(exc, request.subscribe or request.topic or request.unsubscribe))
+                    conn.offer(error_frame(exc, request.subscribe or request.topic or request.unsubscribe))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an unexpected failure ends the stream (INTERNAL, logged by the kit)
@@ -160,8 +161,11 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
             self._hub.detach(old)
         elif len(conn.subscriptions) >= MAX_TOPICS:
             raise ResourceExhausted(f"at most {MAX_TOPICS} topics per connection")
-        sub = Subscription(conn, topic, channel_of(who.tenant, topic))
+        reader = await self._access.admit(who, "read", topic)  # the replay is part of the join
+        sub = Subscription(conn, who.tenant, topic, channel_of(who.tenant, topic))
+        sub.readers[0] = reader
         conn.subscriptions[topic] = sub
+        self._access.watch(who.tenant, reader)
         await self._hub.attach(sub)  # live entries buffer in sub.pending from here on
         sub.epoch, top = await self._hub.backend.top(sub.channel)
         replay: list[Any] = []
@@ -173,7 +177,7 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
         else:
             sub.last = top
         if conn.subscriptions.get(topic) is not sub:
-            return  # unsubscribed or dropped meanwhile
+            return  # unsubscribed, dropped or its access revoked (that error frame went out) meanwhile
         conn.offer(Response(type="subscribed", topic=topic, offset=top, epoch=sub.epoch, recovered=recovered))
         sub.start(replay)
 
@@ -193,11 +197,8 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
                 try:
                     await self._relay_request(request, conn)
                 except ServiceError as exc:
-                    conn.offer(
-                        realtime_pb2.RelayResponse(
-                            tenant=request.tenant, id=request.id, frame=_error(exc, request.topic)
-                        )
-                    )
+                    frame = error_frame(exc, request.topic)
+                    conn.offer(realtime_pb2.RelayResponse(tenant=request.tenant, id=request.id, frame=frame))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -210,30 +211,52 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
             raise InvalidArgument("relay request without a valid tenant", field="tenant")
         channel = channel_of(request.tenant, _topic(request.topic))
         if request.unsubscribe:
-            sub = conn.subscriptions.pop(channel, None)
-            if sub is not None:
-                self._hub.detach(sub)
+            self._relay_leave(conn, channel, request.id)
             return
+        # The edge verified the socket's token; the relay's internal credential vouches for the edge.
+        who = Principal(subject=request.subject, tenant=request.tenant, roles=tuple(request.roles))
+        reader = await self._access.admit(who, "read", request.topic)
         sub = conn.subscriptions.get(channel)
         if sub is None:  # the edge's first socket on this channel: follow it from now on
             sub = conn.subscriptions[channel] = RelaySubscription(
                 conn, request.tenant, request.topic, channel
             )
+            sub.readers[request.id] = reader
+            self._access.watch(request.tenant, reader)
             await self._hub.attach(sub)
             sub.epoch, sub.last = await self._hub.backend.top(channel)
             sub.start([])
+        else:
+            sub.readers[request.id] = reader
+            self._access.watch(request.tenant, reader)
         epoch, top = await self._hub.backend.top(channel)
         recovered = False
+        entries: list[Any] = []
         if request.HasField("offset") and (not request.epoch or request.epoch == epoch):
             history = await self._hub.backend.since(channel, request.offset)
-            recovered = history.recovered
-            for entry in history.entries:
-                frame = message_frame(request.topic, epoch, entry)
-                conn.offer(realtime_pb2.RelayResponse(tenant=request.tenant, id=request.id, frame=frame))
+            recovered, entries = history.recovered, history.entries
+        if sub.readers.get(request.id) is not reader:
+            return  # its access was revoked meanwhile: that error frame (with its id) went out instead
+        for entry in entries:
+            frame = message_frame(request.topic, epoch, entry)
+            conn.offer(realtime_pb2.RelayResponse(tenant=request.tenant, id=request.id, frame=frame))
         subscribed = Response(
             type="subscribed", topic=request.topic, offset=top, epoch=epoch, recovered=recovered
         )
         conn.offer(realtime_pb2.RelayResponse(tenant=request.tenant, id=request.id, frame=subscribed))
+
+    def _relay_leave(self, conn: Connection, channel: str, key: int) -> None:
+        """Socket `key` left the channel (key 0: the edge leaves the whole channel); the relay stops
+        following it when no socket is left."""
+        sub = conn.subscriptions.get(channel)
+        if sub is None:
+            return
+        if key:
+            sub.readers.pop(key, None)
+            if sub.readers:
+                return
+        del conn.subscriptions[channel]
+        self._hub.detach(sub)
 
 
 def _remaining(principal: Principal) -> float | None:

@@ -262,6 +262,8 @@ def test_round_trip_of_a_nested_request() -> None:
             "tenant": "",
             "created_at": None,
             "created_by": "",
+            "updated_at": None,
+            "updated_by": "",
         },
         "records": [{"owner": "bob", "n": 3}],
         "action": "write",

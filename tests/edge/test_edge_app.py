@@ -459,7 +459,7 @@ async def test_path_parameters_and_field_body(stack: Stack) -> None:
         "disabled": True,
     }
     policy = {"name": "p1", "rules": [{"effect": "allow", "actions": ["read"], "condition": {"record.x": 1}}]}
-    created = await stack.client.post("/api/policies", json=policy, headers=bearer())
+    created = await stack.client.post("/api/policies", json=policy, headers=bearer(roles=("admin",)))
     assert created.status_code == 200, created.text
     back = created.json()["policy"]
     assert back["name"] == "p1" and back["tenant"] == "acme"
@@ -468,7 +468,9 @@ async def test_path_parameters_and_field_body(stack: Stack) -> None:
 
 
 async def test_field_body_rejects_fields_of_the_request_message(stack: Stack) -> None:
-    response = await stack.client.post("/api/policies", json={"policy": {"name": "x"}}, headers=bearer())
+    response = await stack.client.post(
+        "/api/policies", json={"policy": {"name": "x"}}, headers=bearer(roles=("admin",))
+    )
     assert response.status_code == 400
     assert 'unknown field "policy.policy"' in response.json()["message"]
 

@@ -21,6 +21,7 @@ from services.core.server import create_server, new_runtime
 from services.core.tokens import TokenVerifier
 from services.storage.servicer import build
 from tests.edge.test_edge_app import edge_app
+from tests.services.test_storage_policies import OWN_OBJECTS, Book
 from tests.support import AUDIENCE, ISSUER, TEST_KEYS, make_token
 
 LIMIT = 4 * 1024 * 1024  # the upload limit; the API body limit stays 2 MB
@@ -46,10 +47,10 @@ class Edge:
 
 
 @contextlib.asynccontextmanager
-async def storage_edge(data_dir: Path) -> AsyncIterator[Edge]:
+async def storage_edge(data_dir: Path, book: Any = None) -> AsyncIterator[Edge]:
     runtime = new_runtime(load_settings("storage"))
     runtime.keys = TEST_KEYS
-    server, port = await create_server(runtime, await build(runtime), port=0)
+    server, port = await create_server(runtime, await build(runtime, book), port=0)
     app = edge_app({"storage": f"127.0.0.1:{port}"}, verifier=TokenVerifier(TEST_KEYS, ISSUER, AUDIENCE))
     try:
         async with httpx.AsyncClient(
@@ -218,3 +219,28 @@ async def test_other_tenants_and_viewers_are_refused(edge: Edge) -> None:
         )
     ).json() == {"deleted": True}
     assert edge.files() == []
+
+
+async def test_policies_hold_through_the_edge(settings_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """own-objects: the owner rides inside the URL's `sig` through the edge; the refusal is a 403 naming it."""
+    for name in ("MINIO_ENDPOINT", "MINIO_ACCESS_KEY", "MINIO_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    book = Book()
+    async with storage_edge(settings_env, book) as edge:
+        created = await edge.client.post("/api/storage/buckets", json={"name": "photos"}, headers=edge.auth())
+        assert created.status_code == 200, created.text
+        book.store("acme", OWN_OBJECTS)
+        put = await edge.signed("photos/mine", "PUT")  # signed by sub "developer" (Edge.auth)
+        assert (await edge.client.put(put["url"], content=b"mine")).status_code == 200
+        forged = put["url"].replace("sig=", "sig=0")
+        assert_error(await edge.client.put(forged, content=b"x"), 403, 7)
+        other = {"authorization": f"Bearer {make_token(sub='dev2', tenant='acme', roles=('developer',))}"}
+        listed = await edge.client.get("/api/storage/buckets/photos/objects", headers=other)
+        assert listed.status_code == 200 and listed.json().get("objects", []) == []
+        refused = await edge.client.post(
+            "/api/storage/signed-url", json={"path": "photos/mine", "method": "GET"}, headers=other
+        )
+        assert_error(refused, 403, 7, "storage policy denies read on storage:photos/mine")
+        mine = await edge.client.get("/api/storage/buckets/photos/objects", headers=edge.auth())
+        assert [o["key"] for o in mine.json()["objects"]] == ["mine"]
+        assert (await edge.client.get((await edge.signed("photos/mine", "GET"))["url"])).content == b"mine"

@@ -286,7 +286,8 @@ def test_the_model_settings_reach_the_ai_service_as_config_reads_them() -> None:
 
 def test_dependencies_are_required_secrets_where_configured() -> None:
     manifests = render(live_values())
-    for name in ("data", "auth", "deploy"):
+    # storage and realtime read the tenant's policies from the platform database
+    for name in ("data", "auth", "deploy", "storage", "realtime"):
         assert required(env_of(manifests, name)["POSTGRES_DSN"])
     # Tenant role passwords derive from it: every data replica must use the same one.
     assert required(env_of(manifests, "data")["LAUNCHPAD_TENANT_DB_SECRET"])
@@ -296,7 +297,7 @@ def test_dependencies_are_required_secrets_where_configured() -> None:
         assert required(env["MINIO_SECRET_KEY"])
     assert required(env_of(manifests, "deploy")["VAULT_TOKEN"])
     # Least privilege: a service gets only the secrets of the dependencies it uses.
-    assert "POSTGRES_DSN" not in env_of(manifests, "realtime")
+    assert "POSTGRES_DSN" not in env_of(manifests, "metrics")
     assert "VAULT_TOKEN" not in env_of(manifests, "data")
     assert "MINIO_SECRET_KEY" not in env_of(manifests, "edge")
     # The shared JWT key is a mounted Secret file, and the auth service is told where.

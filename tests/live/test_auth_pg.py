@@ -23,15 +23,18 @@ import pytest
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.app import build
 from tests.services import test_auth as scenarios
+from tests.services import test_auth_policies as policy_scenarios
 from tests.services.test_auth import ADMIN_PASSWORD, Auth, fails
 from tests.support import metadata, running_service
 
 pytestmark = pytest.mark.live
 
 globals()["auth"] = scenarios.auth  # the fixture; it asks for auth_env, which resolves to the one below
-for _name, _test in vars(scenarios).items():
-    if _name.startswith("test_") and {"auth", "auth_env"} & set(inspect.signature(_test).parameters):
-        globals()[_name] = _test
+globals().update(ada=policy_scenarios.ada, book=policy_scenarios.book)  # the policy scenarios' fixtures
+for _module in (scenarios, policy_scenarios):
+    for _name, _test in vars(_module).items():
+        if _name.startswith("test_") and {"auth", "auth_env"} & set(inspect.signature(_test).parameters):
+            globals()[_name] = _test
 
 
 @pytest.fixture
@@ -80,6 +83,7 @@ async def test_the_service_really_uses_postgresql(auth: Auth, private_dsn: str) 
                                 "WHERE table_name LIKE 'auth%%' ORDER BY table_name")  # fmt: skip
     assert tables == [
         ("launchpad", "auth_policies"),
+        ("launchpad", "auth_policy_revisions"),
         ("launchpad", "auth_tenants"),
         ("launchpad", "auth_users"),
     ]

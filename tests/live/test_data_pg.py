@@ -25,7 +25,7 @@ from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from services.core.config import load_settings
 from services.core.deps import Mode
 from services.data.backend import tenant_secret
-from services.data.pg_backend import TenantNames, role_password, scram_verifier
+from services.data.pg_backend import LAYOUT, TenantNames, role_password, scram_verifier
 from services.data.servicer import build
 from tests.conftest import LIVE_ENV
 from tests.services.test_data import Data, fails, values
@@ -274,10 +274,16 @@ async def test_catalogs_show_no_other_tenant_and_no_platform_table(
         )
         assert values(sources) == []
         schemas = await pg.query(
-            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\\_%' OR nspname = 'launchpad'",
-            viewer=viewer,
+            "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\\_%'", viewer=viewer
         )
         assert values(schemas) == [[f"t_{pg.tenant}"]]
+        # The tenant database's own `launchpad` schema holds the policy helpers (claims()), never a table.
+        tables = await pg.query(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'launchpad'",
+            viewer=viewer,
+        )
+        assert values(tables) == [[0]]
     # The other tenant sees its own objects the same way: the queries above would have found them.
     assert values(
         await other.query("SELECT proname::text FROM pg_proc WHERE prosrc LIKE '%their-source%'")
@@ -671,5 +677,5 @@ async def test_a_tenant_of_the_schema_layout_gets_an_empty_database_and_its_old_
     assert values(await data.query("SELECT current_database()::text")) == [[live_env.database(tenant)]]
     assert admin(live_env.dsn, f"SELECT v FROM t_{tenant}.old") == [(7,)]
     assert admin(live_env.dsn, "SELECT layout FROM launchpad.data_tenants WHERE tenant = %s", (tenant,)) == [
-        (3,)
+        (LAYOUT,)
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,13 +35,20 @@ def test_topic_names_are_kafka_safe_and_keep_tenants_apart() -> None:
     assert len(long_one) <= 249 and long_one.startswith("lph.") and long_one != other
 
 
+def kafka_dep(runtime: Any) -> Any:
+    """The broker's dependency (realtime also has "sql": the platform database its policy book reads)."""
+    deps = {dep.name: dep for dep in runtime.deps.all()}
+    assert set(deps) == {"kafka", "sql"}
+    return deps["kafka"]
+
+
 async def test_broker_down_falls_back_in_auto_mode(
     settings_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KAFKA_URL", free_address())
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # ignored: KAFKA_URL wins
     async with running_service("realtime", build) as (runtime, _):
-        [dep] = runtime.deps.all()
+        dep = kafka_dep(runtime)
         assert (dep.name, dep.mode) == ("kafka", "fallback") and dep.target == "in-process"
 
 
@@ -50,7 +58,7 @@ async def test_broker_down_with_simulation_off_is_unhealthy_not_in_process(
     monkeypatch.setenv("KAFKA_URL", free_address())
     monkeypatch.setenv("SIMULATION_MODE", "false")
     async with running_service("realtime", build) as (runtime, channel):
-        [dep] = runtime.deps.all()
+        dep = kafka_dep(runtime)
         assert (dep.name, dep.mode, dep.healthy) == ("kafka", "live", False)
         assert not runtime.deps.serving()
         stub = realtime_pb2_grpc.RealtimeServiceStub(channel)

@@ -25,7 +25,8 @@ async def test_two_instances_share_topics_and_history(
         running_service("realtime", build) as (one_rt, one),
         running_service("realtime", build) as (_, two),
     ):
-        assert [d.mode for d in one_rt.deps.all()] == ["live"]
+        modes = {d.name: d.mode for d in one_rt.deps.all()}  # and "sql": the policy book's database
+        assert modes["redis"] == "live" and set(modes) == {"redis", "sql"}
         first, second = realtime_pb2_grpc.RealtimeServiceStub(one), realtime_pb2_grpc.RealtimeServiceStub(two)
         sub = Client(second, token)
         await sub.send(subscribe="orders")

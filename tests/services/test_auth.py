@@ -33,6 +33,7 @@ from services.core.deps import Registry
 from services.core.interceptors import DETAILS_KEY
 from services.core.server import Runtime, create_server, new_runtime
 from services.core.tokens import keys_from_jwks
+from tests.services.policy_support import FakeData, fake_data
 from tests.support import make_token, metadata, running_service
 
 ADMIN_PASSWORD = "admin-Secret-1"
@@ -47,6 +48,7 @@ class Auth:
     stub: auth_pb2_grpc.AuthServiceStub
     data_dir: Path
     responses: list[Any]
+    data: FakeData  # the data service auth applies policy changes in (tests/services/policy_support.py)
 
     async def call(self, method: str, request: Any, token: str | None = None, **extra: str) -> Any:
         response = await getattr(self.stub, method)(request, metadata=metadata(token, **extra))
@@ -94,8 +96,8 @@ async def auth(
     """The login limit is LOGIN_LIMIT, or the test's `parametrize("auth", [limit], indirect=True)`."""
     monkeypatch.setenv("LAUNCHPAD_ADMIN_PASSWORD", ADMIN_PASSWORD)
     monkeypatch.setenv("LAUNCHPAD_LOGIN_ATTEMPTS_PER_MINUTE", str(getattr(request, "param", LOGIN_LIMIT)))
-    async with running_service("auth", build) as (runtime, channel):
-        yield Auth(runtime, auth_pb2_grpc.AuthServiceStub(channel), auth_env, [])
+    async with fake_data(monkeypatch) as data, running_service("auth", build) as (runtime, channel):
+        yield Auth(runtime, auth_pb2_grpc.AuthServiceStub(channel), auth_env, [], data)
 
 
 # ---------------------------------------------------------------------------------------------- login
@@ -576,11 +578,11 @@ async def test_dry_run_rejects_invalid_policies_naming_the_rule(auth: Auth) -> N
 
 
 async def test_policies_are_created_and_listed_per_tenant(auth: Auth) -> None:
-    dev = await auth.user_token("alice", ("developer",), tenant="acme")
+    ada = await auth.user_token("ada", ("admin",), tenant="acme")
     created = await auth.call(
-        "CreatePolicy", auth_pb2.CreatePolicyRequest(policy=policy_message(OWNERS)), dev
+        "CreatePolicy", auth_pb2.CreatePolicyRequest(policy=policy_message(OWNERS)), ada
     )
-    assert (created.policy.tenant, created.policy.created_by) == ("acme", "alice")
+    assert (created.policy.tenant, created.policy.created_by, created.revision) == ("acme", "ada", 1)
     assert json_format.MessageToDict(created.policy.rules[1].condition) == OWNERS["rules"][1]["condition"]
 
     viewer = await auth.user_token("val", ("viewer",), tenant="acme")
@@ -596,27 +598,29 @@ async def test_policies_are_created_and_listed_per_tenant(auth: Auth) -> None:
     # Same name in another tenant is fine; twice in one tenant is not.
     await auth.call("CreatePolicy", auth_pb2.CreatePolicyRequest(policy=policy_message(OWNERS)), outsider)
     await fails(
-        auth.call("CreatePolicy", auth_pb2.CreatePolicyRequest(policy=policy_message(OWNERS)), dev),
+        auth.call("CreatePolicy", auth_pb2.CreatePolicyRequest(policy=policy_message(OWNERS)), ada),
         grpc.StatusCode.ALREADY_EXISTS,
     )
 
 
 async def test_policy_creation_rules(auth: Auth) -> None:
-    viewer = await auth.user_token("val", ("viewer",), tenant="acme")
     request = auth_pb2.CreatePolicyRequest(policy=policy_message(OWNERS))
-    await fails(auth.call("CreatePolicy", request, viewer), grpc.StatusCode.PERMISSION_DENIED)
-    dev = await auth.user_token("alice", ("developer",), tenant="acme")
+    for role in ("viewer", "developer"):  # only admins write policies (tests/services/test_auth_policies.py)
+        token = await auth.user_token(f"{role[:3]}-acme", (role,), tenant="acme")
+        await fails(auth.call("CreatePolicy", request, token), grpc.StatusCode.PERMISSION_DENIED)
+    ada = await auth.user_token("ada", ("admin",), tenant="acme")
     bad = auth_pb2.CreatePolicyRequest(policy=policy_message({"name": "p", "rules": [{"effect": "allow"}]}))
-    error = await fails(auth.call("CreatePolicy", bad, dev), grpc.StatusCode.INVALID_ARGUMENT)
+    error = await fails(auth.call("CreatePolicy", bad, ada), grpc.StatusCode.INVALID_ARGUMENT)
     assert error.details().startswith("rules[0].actions must be")
     elsewhere = auth_pb2.CreatePolicyRequest(policy=policy_message({**OWNERS, "tenant": "globex"}))
-    await fails(auth.call("CreatePolicy", elsewhere, dev), grpc.StatusCode.PERMISSION_DENIED)
+    await fails(auth.call("CreatePolicy", elsewhere, ada), grpc.StatusCode.PERMISSION_DENIED)
     # The platform admin may place a policy in an existing tenant, not in one that does not exist.
     admin = await auth.admin()
     error = await fails(auth.call("CreatePolicy", elsewhere, admin), grpc.StatusCode.NOT_FOUND)
     assert error.details() == "tenant 'globex' not found"
     assert (await auth.call("CreatePolicy", auth_pb2.CreatePolicyRequest(
         policy=policy_message({**OWNERS, "tenant": "acme"})), admin)).policy.tenant == "acme"  # fmt: skip
+    assert [(a.tenant, a.names) for a in auth.data.applied] == [("acme", ("owners-only",))]
 
 
 def _struct(value: dict[str, Any]) -> Any:

@@ -20,6 +20,7 @@ import pytest
 from launchpad.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.core.audit import verify_chain
 from services.core.deps import Mode
+from services.core.objectstore import decode_metadata, encode_metadata
 from services.storage.servicer import build
 from tests.support import make_token, metadata, running_service
 
@@ -106,7 +107,7 @@ async def test_buckets_are_created_and_listed_in_embedded_mode(storage: Storage)
     assert created.bucket.name == "photos" and created.bucket.created_at.seconds > 0
     listed = await storage.stub.ListBuckets(storage_pb2.ListBucketsRequest(), metadata=storage.viewer)
     assert [b.name for b in listed.buckets] == ["docs", "photos"] and listed.mode == "embedded"
-    [dep] = storage.runtime.deps.all()
+    [dep] = [d for d in storage.runtime.deps.all() if d.name == "objects"]  # "sql": the policy book
     assert (dep.name, dep.mode, dep.healthy) == ("objects", Mode.EMBEDDED, True)
     code, _ = await fails(storage.create("photos"))
     assert code == grpc.StatusCode.ALREADY_EXISTS
@@ -311,7 +312,7 @@ async def test_simulation_false_with_s3_down_is_unhealthy_not_local(
     monkeypatch.setenv("MINIO_ACCESS_KEY", "ak")
     monkeypatch.setenv("MINIO_SECRET_KEY", "sk")
     async with running_service("storage", build) as (runtime, channel):
-        [dep] = runtime.deps.all()
+        [dep] = [d for d in runtime.deps.all() if d.name == "objects"]
         assert (dep.mode, dep.healthy) == (Mode.LIVE, False)
         dev = metadata(make_token())
         code, _ = await fails(
@@ -319,3 +320,10 @@ async def test_simulation_false_with_s3_down_is_unhealthy_not_local(
         )
         assert code == grpc.StatusCode.UNAVAILABLE
     assert not (settings_env / "buckets").exists()
+
+
+@pytest.mark.parametrize("owner", ["alice", "José Ñ", "a  b", " lead", "=?UTF-8?B?eA==?=", "x" * 200])
+def test_owner_metadata_survives_http_headers(owner: str) -> None:
+    encoded = encode_metadata(owner)
+    assert encoded.isascii() and encoded == " ".join(encoded.split())  # what a header carries unchanged
+    assert decode_metadata(encoded) == owner

@@ -1,8 +1,10 @@
 """The SQL rendering of a policy: one table's predicate for one action, for PostgreSQL and for SQLite.
 
-A row passes when `allow AND NOT deny`. Both parts are boolean SQL that is never NULL, so the NOT of a deny
-whose condition cannot be evaluated is true (SQL's NOT NULL is NULL, which would wrongly filter the row): every
-comparison is guarded as `a IS NOT NULL AND b IS NOT NULL AND a = b`, and FALSE AND NULL is FALSE.
+A row passes when `allow AND NOT deny`, and a deny whose condition cannot be evaluated must not deny: SQL's
+NOT NULL is NULL, which would wrongly filter the row. On SQLite every comparison is guarded so that it is never
+NULL (`typeof(c) = 'text' AND c = 'x'`: FALSE AND NULL is FALSE), because the views' triggers test `NOT passes`.
+On PostgreSQL an allow may be NULL (row-level security treats it as false) and the deny is wrapped in
+`coalesce(..., false)`; unguarded comparisons are what keep the predicate as cheap as the same WHERE.
 
 The semantics are decide.py's, on the row's JSON view: numbers (1 == 1.0), strings (ordered by code point),
 booleans, null, lists and objects; a missing column or a NULL satisfies nothing but `exists: false`; values of
@@ -10,8 +12,8 @@ different kinds never compare. How each backend gets there:
 
 - PostgreSQL: a plain text, number or boolean column is compared natively (`"owner" = <subject's sub>`), so an
   index on the policy column serves the predicate; any other type goes through `to_jsonb(column)`. Subject
-  values come from `launchpad.claims()` (the verified claims, jsonb), each reference its own `(select ...)`
-  so it runs once per statement, not per row.
+  values come from `launchpad.claims()` (the verified claims, jsonb): each reference, already read as the
+  kind it is compared with, is one scalar `(select ...)`, which PostgreSQL runs once per statement.
 - SQLite: values carry their own storage class, so each comparison checks `typeof(column)` first (which also
   stops SQLite's column affinity from turning '5' into 5). SQLite has no boolean and no JSON column: 0/1 are
   numbers, a nested path is missing. The subject is known per call and inlined as literals.
@@ -35,8 +37,8 @@ _ORDER = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 @dataclass(frozen=True, slots=True)
 class TablePredicate:
-    allow: str  # some allow rule for (table, action) holds
-    deny: str  # some deny rule for (table, action) holds
+    allow: str  # some allow rule for (table, action) holds (PostgreSQL: NULL means no)
+    deny: str  # some deny rule for (table, action) holds; never NULL ("false" when no deny rule applies)
 
     @property
     def passes(self) -> str:
@@ -71,7 +73,9 @@ def render_table(
         where = f"{scoped.policy} rules[{scoped.index}]"
         terms = [render.condition(c, where) for c in scoped.rule.conditions]
         parts[scoped.rule.effect].append(_all(terms, render.true))
-    return TablePredicate(_any(parts["allow"], render.false), _any(parts["deny"], render.false))
+    return TablePredicate(
+        _any(parts["allow"], render.false), render.definite(_any(parts["deny"], render.false))
+    )
 
 
 def _all(terms: Sequence[str], true: str) -> str:
@@ -103,6 +107,10 @@ class _Renderer:
     true = "true"
     false = "false"
 
+    def definite(self, predicate: str) -> str:
+        """The predicate, never NULL."""
+        return predicate if predicate in (self.true, self.false) else f"coalesce({predicate}, false)"
+
     def __init__(self, table: str, columns: Mapping[str, str], strict: bool) -> None:
         self.table = table
         self.columns = columns
@@ -133,6 +141,7 @@ class _Term:
     kind: str
     sql: str
     json: str
+    claim: str = ""  # a subject value: the path into the claims, as a text[] literal
 
     @property
     def static(self) -> bool:
@@ -199,7 +208,7 @@ class _Postgres(_Renderer):
     @staticmethod
     def _claim(path: Sequence[str]) -> _Term:
         sql = f"(select {CLAIMS} #> {_pg_path(path)})"
-        return _Term("json", sql, sql)
+        return _Term("json", sql, sql, _pg_path(path))
 
     def _operand(self, operand: Any) -> _Term:
         if is_ref(operand):
@@ -211,16 +220,13 @@ class _Postgres(_Renderer):
         if is_ref(operand):
             items = self._claim(ref_path(operand)).json
             return _guarded(
-                f"{value.json} IS NOT NULL",
                 f"jsonb_typeof({value.json}) <> 'null'",
                 f"jsonb_typeof({items}) = 'array'",
                 f"EXISTS (SELECT 1 FROM jsonb_array_elements({items}) AS e(x) WHERE x = {value.json})",
             )
         terms = [self._operand(item) for item in operand]
         # A reference in the list that is missing or null makes the whole condition unmet (decide.py).
-        present = [
-            f"{t.json} IS NOT NULL AND jsonb_typeof({t.json}) <> 'null'" for t in terms if t.kind == "json"
-        ]
+        present = [f"jsonb_typeof({t.json}) <> 'null'" for t in terms if t.kind == "json"]
         matches = [_pg_eq(value, term) for term in terms]
         if value.static and not any(t.kind in (value.kind, "json") for t in terms):
             self.refuse(condition, where, f"holds {value.kind}s; no element of the list is one")
@@ -255,13 +261,21 @@ def _pg_literal(value: Any) -> _Term:
 
 
 def _as(term: _Term, kind: str) -> str:
-    """A term as native SQL of `kind`: NULL when its value is of another kind."""
+    """A term as native SQL of `kind`: NULL when its value is of another kind. A subject value becomes one
+    scalar subquery, which PostgreSQL runs once per statement; a JSON column is read per row."""
     if term.kind == kind:
         return term.sql
     if term.kind != "json":
         return "NULL"
+    if term.claim:
+        native = _FROM_JSON[kind].format(v="c")
+        claim = f"(select {CLAIMS} #> {term.claim}) AS x(c)"
+        return f"(select CASE WHEN jsonb_typeof(c) = '{kind}' THEN {native} END FROM {claim})"
     native = _FROM_JSON[kind].format(v=term.json)
     return f"(CASE WHEN jsonb_typeof({term.json}) = '{kind}' THEN {native} END)"
+
+
+# Comparisons below are NULL when a side is missing (not true: an allow fails, a deny is coalesced to false).
 
 
 def _pg_eq(a: _Term, b: _Term) -> str:
@@ -269,23 +283,13 @@ def _pg_eq(a: _Term, b: _Term) -> str:
         kind = a.kind if a.static else b.kind
         if (a.static and b.static and a.kind != b.kind) or "missing" in (a.kind, b.kind):
             return "false"
-        left, right = _as(a, kind), _as(b, kind)
-        return _guarded(f"{left} IS NOT NULL", f"{right} IS NOT NULL", f"{left} = {right}")
-    return _guarded(
-        f"{a.json} IS NOT NULL",
-        f"{b.json} IS NOT NULL",
-        f"jsonb_typeof({a.json}) <> 'null'",
-        f"{a.json} = {b.json}",
-    )
+        return f"({_as(a, kind)} = {_as(b, kind)})"
+    return _guarded(f"jsonb_typeof({a.json}) <> 'null'", f"{a.json} = {b.json}")
 
 
 def _pg_ne(a: _Term, b: _Term) -> str:
     return _guarded(
-        f"{a.json} IS NOT NULL",
-        f"{b.json} IS NOT NULL",
-        f"jsonb_typeof({a.json}) <> 'null'",
-        f"jsonb_typeof({b.json}) <> 'null'",
-        f"{a.json} <> {b.json}",
+        f"jsonb_typeof({a.json}) <> 'null'", f"jsonb_typeof({b.json}) <> 'null'", f"{a.json} <> {b.json}"
     )
 
 
@@ -296,20 +300,14 @@ def _pg_order(a: _Term, b: _Term, op: str) -> str:
     kinds = [k for k in ("number", "string") if a.kind in (k, "json") and b.kind in (k, "json")]
     options = []
     for kind in kinds:
-        left, right = _as(a, kind), _as(b, kind)
         collate = ' COLLATE "C"' if kind == "string" else ""
-        options.append(
-            _guarded(f"{left} IS NOT NULL", f"{right} IS NOT NULL", f"{left}{collate} {op} {right}")
-        )
+        options.append(f"({_as(a, kind)}{collate} {op} {_as(b, kind)})")
     return _any(options, "false")
 
 
 def _pg_contains(value: _Term, operand: _Term) -> str:
     if value.kind == "string":
-        right = _as(operand, "string")
-        return _guarded(
-            f"{value.sql} IS NOT NULL", f"{right} IS NOT NULL", f"strpos({value.sql}, {right}) > 0"
-        )
+        return f"(strpos({value.sql}, {_as(operand, 'string')}) > 0)"
     if value.kind != "json":
         return "false"
     v, o = value.json, operand.json
@@ -322,9 +320,7 @@ def _pg_contains(value: _Term, operand: _Term) -> str:
         f"jsonb_typeof({o}) = 'string'",
         f"strpos({v} #>> '{{}}', {o} #>> '{{}}') > 0",
     )
-    return _guarded(
-        f"{v} IS NOT NULL", f"{o} IS NOT NULL", f"jsonb_typeof({o}) <> 'null'", f"({in_list} OR {in_text})"
-    )
+    return _guarded(f"jsonb_typeof({o}) <> 'null'", f"({in_list} OR {in_text})")
 
 
 def _pg_exists(value: _Term, wanted: bool) -> str:
@@ -347,6 +343,9 @@ def _pg_exists(value: _Term, wanted: bool) -> str:
 class _Sqlite(_Renderer):
     true = "1"
     false = "0"
+
+    def definite(self, predicate: str) -> str:
+        return predicate  # NULL-free by construction
 
     def __init__(
         self, table: str, columns: Mapping[str, str], subject: Mapping[str, Any], strict: bool

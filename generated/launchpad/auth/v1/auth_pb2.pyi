@@ -193,18 +193,22 @@ class Rule(_message.Message):
     def __init__(self, effect: _Optional[str] = ..., actions: _Optional[_Iterable[str]] = ..., resource: _Optional[str] = ..., condition: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("name", "rules", "tenant", "created_at", "created_by")
+    __slots__ = ("name", "rules", "tenant", "created_at", "created_by", "updated_at", "updated_by")
     NAME_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_BY_FIELD_NUMBER: _ClassVar[int]
     name: str
     rules: _containers.RepeatedCompositeFieldContainer[Rule]
     tenant: str
     created_at: _timestamp_pb2.Timestamp
     created_by: str
-    def __init__(self, name: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., tenant: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ...) -> None: ...
+    updated_at: _timestamp_pb2.Timestamp
+    updated_by: str
+    def __init__(self, name: _Optional[str] = ..., rules: _Optional[_Iterable[_Union[Rule, _Mapping]]] = ..., tenant: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_by: _Optional[str] = ...) -> None: ...
 
 class ListPoliciesRequest(_message.Message):
     __slots__ = ()
@@ -223,10 +227,60 @@ class CreatePolicyRequest(_message.Message):
     def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
 
 class CreatePolicyResponse(_message.Message):
+    __slots__ = ("policy", "revision")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    policy: Policy
+    revision: int
+    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class GetPolicyRequest(_message.Message):
+    __slots__ = ("name", "tenant")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tenant: str
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class GetPolicyResponse(_message.Message):
     __slots__ = ("policy",)
     POLICY_FIELD_NUMBER: _ClassVar[int]
     policy: Policy
     def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
+
+class ReplacePolicyRequest(_message.Message):
+    __slots__ = ("name", "policy")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    policy: Policy
+    def __init__(self, name: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ...) -> None: ...
+
+class ReplacePolicyResponse(_message.Message):
+    __slots__ = ("policy", "created", "revision")
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    policy: Policy
+    created: bool
+    revision: int
+    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., created: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class DeletePolicyRequest(_message.Message):
+    __slots__ = ("name", "tenant")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tenant: str
+    def __init__(self, name: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class DeletePolicyResponse(_message.Message):
+    __slots__ = ("deleted", "revision")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    revision: int
+    def __init__(self, deleted: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class DryRunPolicyRequest(_message.Message):
     __slots__ = ("policy", "records", "action", "resource", "subject")

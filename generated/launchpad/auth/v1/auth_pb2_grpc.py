@@ -89,6 +89,21 @@ class AuthServiceStub:
                 request_serializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.CreatePolicyRequest.SerializeToString,
                 response_deserializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.CreatePolicyResponse.FromString,
                 _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/launchpad.auth.v1.AuthService/GetPolicy',
+                request_serializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.GetPolicyResponse.FromString,
+                _registered_method=True)
+        self.ReplacePolicy = channel.unary_unary(
+                '/launchpad.auth.v1.AuthService/ReplacePolicy',
+                request_serializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.ReplacePolicyRequest.SerializeToString,
+                response_deserializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.ReplacePolicyResponse.FromString,
+                _registered_method=True)
+        self.DeletePolicy = channel.unary_unary(
+                '/launchpad.auth.v1.AuthService/DeletePolicy',
+                request_serializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.DeletePolicyRequest.SerializeToString,
+                response_deserializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.DeletePolicyResponse.FromString,
+                _registered_method=True)
         self.DryRunPolicy = channel.unary_unary(
                 '/launchpad.auth.v1.AuthService/DryRunPolicy',
                 request_serializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.DryRunPolicyRequest.SerializeToString,
@@ -168,6 +183,26 @@ class AuthServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPolicy(self, request, context):
+        """One stored policy of the caller's tenant (the platform admin may name another tenant).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplacePolicy(self, request, context):
+        """Creates the policy or replaces the stored one of that name, whole (the name in the path wins).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeletePolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DryRunPolicy(self, request, context):
         """Evaluates a policy against sample records: per record the decision, the deciding rule and why.
         """
@@ -232,6 +267,21 @@ def add_AuthServiceServicer_to_server(servicer, server):
                     servicer.CreatePolicy,
                     request_deserializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.CreatePolicyRequest.FromString,
                     response_serializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.CreatePolicyResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.GetPolicyRequest.FromString,
+                    response_serializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.GetPolicyResponse.SerializeToString,
+            ),
+            'ReplacePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplacePolicy,
+                    request_deserializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.ReplacePolicyRequest.FromString,
+                    response_serializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.ReplacePolicyResponse.SerializeToString,
+            ),
+            'DeletePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePolicy,
+                    request_deserializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.DeletePolicyRequest.FromString,
+                    response_serializer=launchpad_dot_auth_dot_v1_dot_auth__pb2.DeletePolicyResponse.SerializeToString,
             ),
             'DryRunPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.DryRunPolicy,
@@ -536,6 +586,87 @@ class AuthService:
             '/launchpad.auth.v1.AuthService/CreatePolicy',
             launchpad_dot_auth_dot_v1_dot_auth__pb2.CreatePolicyRequest.SerializeToString,
             launchpad_dot_auth_dot_v1_dot_auth__pb2.CreatePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launchpad.auth.v1.AuthService/GetPolicy',
+            launchpad_dot_auth_dot_v1_dot_auth__pb2.GetPolicyRequest.SerializeToString,
+            launchpad_dot_auth_dot_v1_dot_auth__pb2.GetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplacePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launchpad.auth.v1.AuthService/ReplacePolicy',
+            launchpad_dot_auth_dot_v1_dot_auth__pb2.ReplacePolicyRequest.SerializeToString,
+            launchpad_dot_auth_dot_v1_dot_auth__pb2.ReplacePolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launchpad.auth.v1.AuthService/DeletePolicy',
+            launchpad_dot_auth_dot_v1_dot_auth__pb2.DeletePolicyRequest.SerializeToString,
+            launchpad_dot_auth_dot_v1_dot_auth__pb2.DeletePolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -138,3 +138,19 @@ class ExplainResponse(_message.Message):
     read_only: bool
     backend: str
     def __init__(self, plan: _Optional[str] = ..., read_only: _Optional[bool] = ..., backend: _Optional[str] = ...) -> None: ...
+
+class ApplyPoliciesRequest(_message.Message):
+    __slots__ = ("tenant", "policies", "revision")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    policies: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    revision: int
+    def __init__(self, tenant: _Optional[str] = ..., policies: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ApplyPoliciesResponse(_message.Message):
+    __slots__ = ("governed_tables",)
+    GOVERNED_TABLES_FIELD_NUMBER: _ClassVar[int]
+    governed_tables: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, governed_tables: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -49,6 +49,11 @@ class DataServiceStub:
                 request_serializer=launchpad_dot_data_dot_v1_dot_data__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=launchpad_dot_data_dot_v1_dot_data__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.ApplyPolicies = channel.unary_unary(
+                '/launchpad.data.v1.DataService/ApplyPolicies',
+                request_serializer=launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesRequest.SerializeToString,
+                response_deserializer=launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesResponse.FromString,
+                _registered_method=True)
 
 
 class DataServiceServicer:
@@ -75,6 +80,15 @@ class DataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplyPolicies(self, request, context):
+        """Internal (auth calls it before it stores a change): compiles the tenant's whole new policy set against
+        its tables and applies it (PostgreSQL: row-level security) in one transaction. INVALID_ARGUMENT names the
+        table and column a rule cannot be compiled for; nothing is applied then.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +106,11 @@ def add_DataServiceServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=launchpad_dot_data_dot_v1_dot_data__pb2.ExplainRequest.FromString,
                     response_serializer=launchpad_dot_data_dot_v1_dot_data__pb2.ExplainResponse.SerializeToString,
+            ),
+            'ApplyPolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPolicies,
+                    request_deserializer=launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesRequest.FromString,
+                    response_serializer=launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +194,33 @@ class DataService:
             '/launchpad.data.v1.DataService/Explain',
             launchpad_dot_data_dot_v1_dot_data__pb2.ExplainRequest.SerializeToString,
             launchpad_dot_data_dot_v1_dot_data__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyPolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launchpad.data.v1.DataService/ApplyPolicies',
+            launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesRequest.SerializeToString,
+            launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesResponse.FromString,
             options,
             channel_credentials,
             insecure,

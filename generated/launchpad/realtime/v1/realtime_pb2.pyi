@@ -81,20 +81,24 @@ class ConnectResponse(_message.Message):
     def __init__(self, type: _Optional[str] = ..., topic: _Optional[str] = ..., message: _Optional[_Union[_struct_pb2.Value, _Mapping]] = ..., offset: _Optional[int] = ..., epoch: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., synthetic: _Optional[bool] = ..., error: _Optional[_Union[FrameError, _Mapping]] = ..., recovered: _Optional[bool] = ...) -> None: ...
 
 class RelayRequest(_message.Message):
-    __slots__ = ("tenant", "topic", "id", "offset", "epoch", "unsubscribe")
+    __slots__ = ("tenant", "topic", "id", "offset", "epoch", "unsubscribe", "subject", "roles")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     UNSUBSCRIBE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
     tenant: str
     topic: str
     id: int
     offset: int
     epoch: str
     unsubscribe: bool
-    def __init__(self, tenant: _Optional[str] = ..., topic: _Optional[str] = ..., id: _Optional[int] = ..., offset: _Optional[int] = ..., epoch: _Optional[str] = ..., unsubscribe: _Optional[bool] = ...) -> None: ...
+    subject: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant: _Optional[str] = ..., topic: _Optional[str] = ..., id: _Optional[int] = ..., offset: _Optional[int] = ..., epoch: _Optional[str] = ..., unsubscribe: _Optional[bool] = ..., subject: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RelayResponse(_message.Message):
     __slots__ = ("tenant", "id", "frame", "replay")

@@ -72,6 +72,7 @@ app.kubernetes.io/component: {{ .name }}
 The dependency variables one process needs, by what it uses. Secrets are references, never values; a key
 a configured dependency needs is required (optional: false), so a missing one stops the pod with a clear
 CreateContainerConfigError instead of silently running on the embedded default.
+POSTGRES_DSN (data, auth, deploy; storage and realtime read the tenant's policies from it).
 LAUNCHPAD_INTERNAL_SECRET (every process): pods share no data dir, so the credential Launchpad processes
 present to each other (services/core/internal.py) must come from the Secret. LAUNCHPAD_TENANT_DB_SECRET
 (data on PostgreSQL): tenant role passwords derive from it, so it must outlive the pod and match across
@@ -83,7 +84,7 @@ Args: (dict "root" $ "name" "deploy").
 {{- $deps := $root.Values.dependencies -}}
 {{- $name := .name -}}
 {{ include "launchpad.secretEnv" (dict "root" $root "key" "LAUNCHPAD_INTERNAL_SECRET" "optional" false) }}
-{{- if and $deps.postgres.enabled (has $name (list "data" "auth" "deploy")) }}
+{{- if and $deps.postgres.enabled (has $name (list "data" "auth" "deploy" "storage" "realtime")) }}
 {{ include "launchpad.secretEnv" (dict "root" $root "key" "POSTGRES_DSN" "optional" false) }}
 {{- end }}
 {{- if and $deps.postgres.enabled (eq $name "data") }}
