@@ -24,7 +24,12 @@ from pathlib import Path
 from google.protobuf import json_format, struct_pb2
 
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
+from services.auth.app import MIGRATIONS as AUTH_MIGRATIONS
+from services.auth.store import AuthStore, PolicyRecord
 from services.core import internal
+from services.core.config import Settings
+from services.core.db import open_platform_db
+from services.core.deps import Registry
 from services.data.servicer import build
 from tests.support import PrivateDatabase, make_token, metadata, running_service
 
@@ -80,10 +85,20 @@ async def _measure(backend: str) -> dict[str, float]:
         return await _timed({name: lambda text=text: sql(dev, text) for name, (text, _) in QUERIES.items()})
 
 
-async def _apply(stub: data_pb2_grpc.DataServiceStub, settings: object) -> None:
+async def _apply(stub: data_pb2_grpc.DataServiceStub, settings: Settings) -> None:
+    """As auth stores a policy: the row and the revision in the platform database, applied by data."""
+    db = await open_platform_db(settings, Registry(), migrations=AUTH_MIGRATIONS)
+    try:
+        now = int(time.time() * 1000)
+        async with AuthStore(db).policy_transaction() as tx:
+            await tx.ensure_tenant(TENANT, "root", now)
+            await tx.insert(PolicyRecord(TENANT, OWN_ROWS["name"], OWN_ROWS, now, "root"))
+            await tx.bump_revision(TENANT)
+    finally:
+        await db.close()
     policy = struct_pb2.Struct()
     json_format.ParseDict(OWN_ROWS, policy)
-    secret = internal.internal_secret(settings)  # type: ignore[arg-type]
+    secret = internal.internal_secret(settings)
     request = data_pb2.ApplyPoliciesRequest(tenant=TENANT, policies=[policy], revision=1)
     await stub.ApplyPolicies(request, metadata=(("x-request-id", "bench"), (internal.METADATA_KEY, secret)))
 

@@ -10,9 +10,11 @@ from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
 from services.auth.bootstrap import ensure_admin
 from services.auth.enforcement import DataEnforcer
 from services.auth.keys import KEY_FILE, load_key_ring
+from services.auth.live import LiveDryRun
 from services.auth.login import Authenticator, TokenSettings
 from services.auth.passwords import Passwords
 from services.auth.policy_admin import PolicyAdmin
+from services.auth.probes import ServiceProber
 from services.auth.ratelimit import LoginLimiter
 from services.auth.servicer import AuthServicer
 from services.auth.store import AuthStore
@@ -48,11 +50,15 @@ async def build(runtime: Runtime) -> list[ServiceSpec]:
     # Policy changes are applied by the data service before they are stored (services/auth/enforcement.py).
     enforcer = DataEnforcer(settings.address("data"), internal_secret(settings))
     runtime.closers.append(enforcer.close)
+    # Live dry runs are decided by the services that enforce policies (services/auth/probes.py).
+    prober = ServiceProber(settings.address("data"), settings.address("storage"), internal_secret(settings))
+    runtime.closers.append(prober.close)
     servicer = AuthServicer(
         Authenticator(store, passwords, ring, limiter, tokens),
         Users(store, passwords),
         PolicyAdmin(store, enforcer),
         ring.jwks(),
+        LiveDryRun(store, prober),
     )
     descriptor = auth_pb2.DESCRIPTOR.services_by_name["AuthService"]
     return [ServiceSpec(descriptor, servicer, auth_pb2_grpc.add_AuthServiceServicer_to_server)]

@@ -75,7 +75,7 @@ class DataEnforcer:
     def _refusal(self, tenant: str, exc: grpc.aio.AioRpcError) -> ServiceError:
         code, message = exc.code(), exc.details() or exc.code().name
         if code == grpc.StatusCode.INVALID_ARGUMENT:  # the set cannot be compiled for a table: the user's 400
-            return InvalidArgument(f"{message}; {NOT_STORED}", **_details(exc))
+            return InvalidArgument(f"{message}; {NOT_STORED}", **error_details(exc))
         log.warning(
             "ApplyPolicies at the data service failed",
             extra={"tenant": tenant, "address": self.address, "code": code.name, "reason": message},
@@ -93,7 +93,7 @@ class DataEnforcer:
                 f"the data service refused auth's internal credential; {NOT_STORED} "
                 "(set the same LAUNCHPAD_INTERNAL_SECRET for every service)"
             )
-        return ServiceError(f"{message}; {NOT_STORED}", code=Code(code.value[0]), **_details(exc))
+        return ServiceError(f"{message}; {NOT_STORED}", code=Code(code.value[0]), **error_details(exc))
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -106,7 +106,7 @@ def _struct(document: Mapping[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
-def _details(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
+def error_details(exc: grpc.aio.AioRpcError) -> dict[str, Any]:
     """The structured details the data service attached (table, column, field), passed on to the user."""
     for key, value in exc.trailing_metadata() or ():
         if key == DETAILS_KEY and isinstance(value, bytes):

@@ -63,7 +63,7 @@ class PolicyAdmin:
         return await self._store.list_policies(None if caller.is_platform_admin else caller.tenant)
 
     async def get(self, caller: Principal, name: str, tenant: str = "") -> PolicyRecord:
-        tenant = _tenant(caller, tenant)
+        tenant = tenant_for(caller, tenant)
         policy = await self._store.get_policy(tenant, name)
         if policy is None:
             raise NotFound(f"policy {name!r} not found in tenant {tenant!r}", field="name")
@@ -199,7 +199,7 @@ class PolicyAdmin:
         return await asyncio.to_thread(dry_run, policy, records, action, resource, subject)
 
 
-def _tenant(caller: Principal, tenant: str) -> str:
+def tenant_for(caller: Principal, tenant: str) -> str:
     """The tenant a call is about: the caller's, or one the platform admin names."""
     tenant = tenant or caller.tenant
     if not can_see(caller, tenant):
@@ -213,7 +213,7 @@ def _writable_tenant(caller: Principal, tenant: str) -> str:
     # The contract lets only admins call the changing RPCs; this keeps the rule true for any other caller.
     if not caller.is_admin:
         raise PermissionDenied(ADMINS_ONLY)
-    return _tenant(caller, tenant)
+    return tenant_for(caller, tenant)
 
 
 async def _ensure_tenant(tx: Policies, caller: Principal, tenant: str) -> None:

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.auth.live import LiveDryRun, LiveRequest, LiveResult
 from services.auth.login import Authenticator
 from services.auth.policy_admin import Change, PolicyAdmin
 from services.auth.store import PolicyRecord, UserRecord
+from services.auth.structs import dict_to_struct, struct_to_dict
 from services.auth.users import NewUser, UserChange, Users
 from services.core.context import ROLES, WRITE_ROLES, current_call, current_principal
+from services.core.errors import InvalidArgument
 from services.core.policy import Decision
 
 Context = grpc.aio.ServicerContext
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
-    def __init__(self, authenticator: Authenticator, users: Users, policies: PolicyAdmin, jwks: dict) -> None:
+    def __init__(
+        self, authenticator: Authenticator, users: Users, policies: PolicyAdmin, jwks: dict, live: LiveDryRun
+    ) -> None:
         self._auth = authenticator
         self._users = users
         self._policies = policies
+        self._live = live
         self._jwks = auth_pb2.GetJwksResponse(keys=[auth_pb2.Jwk(**key) for key in jwks["keys"]])
 
     async def Login(self, request: auth_pb2.LoginRequest, context: Context) -> auth_pb2.LoginResponse:
@@ -140,6 +145,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
     async def DryRunPolicy(
         self, request: auth_pb2.DryRunPolicyRequest, context: Context
     ) -> auth_pb2.DryRunPolicyResponse:
+        if request.HasField("live"):
+            result = await self._live.run(current_principal(), live_request(request))
+            return auth_pb2.DryRunPolicyResponse(live=live_message(result))
         decisions = await self._policies.dry_run(
             current_principal(),
             policy_document(request.policy),
@@ -244,16 +252,35 @@ def decision_messages(decisions: Iterable[Decision]) -> Iterable[auth_pb2.Decisi
         yield auth_pb2.Decision(index=index, decision=d.decision, rule_index=d.rule_index, reason=d.reason)
 
 
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as plain JSON values; whole numbers come back as ints (Struct stores every number as a double)."""
-    return _whole(json_format.MessageToDict(struct))
+def live_request(request: auth_pb2.DryRunPolicyRequest) -> LiveRequest:
+    """A live dry run decides every action of its target on real data: no records, action or resource."""
+    given = [name for name in ("records", "action", "resource") if getattr(request, name)]
+    if given:
+        raise InvalidArgument(
+            f"a live dry run decides every action of its target on real data: leave {', '.join(given)} out "
+            "(or leave live out for a dry run on sample records)",
+            field=given[0],
+        )
+    live = request.live
+    kind = live.WhichOneof("target") or ""
+    return LiveRequest(
+        kind=kind,
+        name=getattr(live, kind) if kind else "",
+        limit=live.limit,
+        tenant=live.tenant,
+        candidate=policy_document(request.policy) if request.HasField("policy") else None,
+        policy_tenant=request.policy.tenant,
+        subject=struct_to_dict(request.subject) if request.HasField("subject") else None,
+    )
 
 
-def _whole(value: Any) -> Any:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _whole(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_whole(item) for item in value]
-    return value
+def live_message(result: LiveResult) -> auth_pb2.LiveResult:
+    entries = [
+        auth_pb2.LiveEntry(
+            record=dict_to_struct(e.record), read=e.read, update=e.update, delete=e.delete, write=e.write
+        )
+        for e in result.entries
+    ]
+    return auth_pb2.LiveResult(
+        resource=result.resource, governed=result.governed, entries=entries, truncated=result.truncated
+    )

@@ -178,6 +178,30 @@ class Plan:
     backend: str
 
 
+@dataclass(frozen=True, slots=True)
+class ProbedRow:
+    """One row of a live dry run: the row as JSON, and what the subject may do with it."""
+
+    record: dict[str, Any]
+    read: bool
+    update: bool
+    delete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """A live dry run's answer: whether the policies govern the table for the subject, the rows it may read
+    (with what else it may do to each), and whether more rows than the limit qualified."""
+
+    governed: bool
+    rows: list[ProbedRow]
+    truncated: bool
+
+
+PROBE_LIMIT = 100  # rows of a live dry run when the caller names no limit
+PROBE_MAX_LIMIT = 1000
+
+
 class TenantSql(ABC):
     """SQL of every tenant, isolated by the database itself. One implementation per backend."""
 
@@ -199,6 +223,20 @@ class TenantSql(ABC):
         security) in one transaction; the tables governed afterwards. InvalidArgument, with nothing applied,
         when a rule cannot be compiled for a table's column."""
         raise ServiceError("this SQL backend does not enforce policies yet", code=Code.UNIMPLEMENTED)
+
+    async def probe_policies(
+        self,
+        tenant: str,
+        documents: list[Mapping[str, Any]],
+        table: str,
+        subject: Mapping[str, Any],
+        limit: int,
+        limits: Limits,
+    ) -> Probe:
+        """The live dry run: which rows of `table` `subject` (sub, tenant, roles) may read, update and delete
+        under `documents` (the whole set to evaluate, stored or not), found by running the real enforcement
+        in a transaction that is rolled back. Nothing is written, nothing is applied. At most `limit` rows."""
+        raise ServiceError("this SQL backend has no live dry run yet", code=Code.UNIMPLEMENTED)
 
     @abstractmethod
     async def close(self) -> None: ...

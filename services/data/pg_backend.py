@@ -44,6 +44,7 @@ import psycopg2.extensions as ext
 from psycopg2 import sql as pgsql
 
 from services.core.blocking import Blocking
+from services.core.context import WRITE_ROLES
 from services.core.db import PgPlatformDb, PgPool, first_line, pg_unavailable
 from services.core.errors import (
     Aborted,
@@ -53,7 +54,7 @@ from services.core.errors import (
     ServiceError,
     Unavailable,
 )
-from services.data import pg_rls
+from services.data import pg_probe, pg_rls
 from services.data.model import (
     Caller,
     Column,
@@ -61,6 +62,7 @@ from services.data.model import (
     Json,
     Limits,
     Plan,
+    Probe,
     QueryResult,
     Rows,
     Table,
@@ -744,6 +746,28 @@ class PgTenants(TenantSql):
         await self._provision(names, force=False)
         dsn = ext.make_dsn(self._db.dsn, dbname=names.tenant_database)
         return await self._blocking.run(pg_rls.apply, dsn, documents, revision)
+
+    async def probe_policies(
+        self,
+        tenant: str,
+        documents: list[Mapping[str, Any]],
+        table: str,
+        subject: Mapping[str, Any],
+        limit: int,
+        limits: Limits,
+    ) -> Probe:
+        """The live dry run (pg_probe): as the subject's role with its signed claims, under `documents` made
+        the table's row-level security in a transaction of the tenant's database that is rolled back."""
+        names = await self._names(tenant)
+        await self._provision(names, force=False)
+        roles = list(subject.get("roles", ()))
+        writable = any(role in WRITE_ROLES for role in roles)
+        kind = role_kind(Caller(tenant, writable, subject, governed="admin" not in roles))
+        dsn = ext.make_dsn(self._db.dsn, dbname=names.tenant_database)
+        key = pg_rls.claims_key(self._secret, names.tenant_database)
+        return await self._blocking.run(
+            pg_probe.probe, dsn, key, names.role_of(kind), documents, table, subject, kind, limit, limits
+        )
 
     async def close(self) -> None:
         for tenant in self._tenants.values():

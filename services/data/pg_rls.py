@@ -532,6 +532,9 @@ def _lock(cur: ext.cursor) -> None:
     cur.execute("SET LOCAL search_path = pg_catalog, pg_temp")  # operators and functions: the built-in ones
     cur.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
     cur.execute("SELECT pg_advisory_xact_lock(%s, %s)", SYNC_LOCK)
+    # Before anything else: live dry runs (pg_probe) hold `rendered` in SHARE mode from before their snapshot,
+    # so a sync waits for running probes and they for it, and no lock is ever taken in the other order.
+    cur.execute("LOCK TABLE launchpad_private.rendered IN EXCLUSIVE MODE")
 
 
 def _has_event_trigger(cur: ext.cursor) -> bool:
@@ -617,12 +620,9 @@ def _sync(cur: ext.cursor, policies: PolicySet, *, strict: bool, only: set[int] 
                 cur.execute("SELECT launchpad_private.ungovern(%s)", (table.oid,))
             continue
         name = pgsql.Identifier(schema, table.name).as_string(cur)
-        columns_of = columns.get(table.oid, {})
-        statements = [
-            text.format(table=name, roles=roles)
-            for text in policy_statements(policies, resources[table.oid], columns_of, strict=strict)
-        ]
-        digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()
+        statements, digest = _rendering(
+            policies, resources[table.oid], columns.get(table.oid, {}), name, roles, strict=strict
+        )
         if table.governed and table.oid not in touched and rendered.get(table.oid) == digest:
             continue
         cur.execute("SELECT launchpad_private.govern(%s)", (table.oid,))
@@ -632,6 +632,53 @@ def _sync(cur: ext.cursor, policies: PolicySet, *, strict: bool, only: set[int] 
     governed = [t.oid for t in tables if t.oid in resources]
     cur.execute("DELETE FROM launchpad_private.rendered WHERE NOT rel = ANY(%s::oid[])", (governed,))
     return sorted(t.name for t in tables if t.oid in resources)
+
+
+def _rendering(
+    policies: PolicySet, resource: str, columns: Mapping[str, str], name: str, roles: str, *, strict: bool
+) -> tuple[list[str], str]:
+    """One table's CREATE POLICY statements, filled in, and their digest (what `rendered` records)."""
+    statements = [
+        text.format(table=name, roles=roles)
+        for text in policy_statements(policies, resource, columns, strict=strict)
+    ]
+    return statements, hashlib.sha256("\n".join(statements).encode()).hexdigest()
+
+
+def stage(cur: ext.cursor, policies: PolicySet, rel: int) -> bool:
+    """Makes one table's row-level security what `policies` says, in the caller's transaction, and records
+    nothing of it (the live dry run rolls it back); whether the set governs the table. Rendered strictly, as
+    apply() does: InvalidArgument names the table and column a rule cannot be compiled for. A governed table
+    already rendered from the same rules is left alone, so probing the stored set locks nothing."""
+    cur.execute("SELECT schema_name, rw, ro FROM launchpad_private.tenant")
+    schema, rw, ro = cur.fetchone()
+    patterns = table_patterns(policies)
+    cur.execute("SELECT patterns FROM launchpad_private.policy_set")
+    stored = cur.fetchone()
+    if stored is None or sorted(stored[0]) != patterns:
+        # govern() asks the stored patterns whether a parent (or a foreign key's table) is to be governed too
+        cur.execute(_STORE, (0, "[]", patterns))
+    tables = _tables(cur)
+    resources = governing(tables, policies)
+    table = next(t for t in tables if t.oid == rel)
+    if rel not in resources:
+        if table.governed:
+            cur.execute("SELECT launchpad_private.ungovern(%s)", (rel,))
+        return False
+    name = pgsql.Identifier(schema, table.name).as_string(cur)
+    columns = _columns(cur, [rel]).get(rel, {})
+    statements, digest = _rendering(policies, resources[rel], columns, name, _roles(cur, rw, ro), strict=True)
+    cur.execute(
+        "SELECT EXISTS (SELECT 1 FROM launchpad_private.rendered WHERE rel = %s AND digest = %s) "
+        "AND NOT EXISTS (SELECT 1 FROM launchpad_private.pending WHERE rel = %s)",
+        (rel, digest, rel),
+    )
+    if table.governed and cur.fetchone()[0]:
+        return True
+    cur.execute("SELECT launchpad_private.govern(%s)", (rel,))
+    for text in statements:
+        cur.execute(text)
+    return True
 
 
 _RENDERED = """

@@ -15,9 +15,20 @@ from services.core.context import current_call, current_principal
 from services.core.db import open_platform_db
 from services.core.errors import InvalidArgument
 from services.core.policy import governed, subject_of
+from services.core.policy.access import checked_subject
 from services.core.server import Runtime, ServiceSpec
 from services.data.backend import open_tenant_sql
-from services.data.model import Caller, Json, Limits, QueryResult, Table, TenantSql, checked_tenant
+from services.data.model import (
+    PROBE_LIMIT,
+    PROBE_MAX_LIMIT,
+    Caller,
+    Json,
+    Limits,
+    QueryResult,
+    Table,
+    TenantSql,
+    checked_tenant,
+)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 Cell = data_pb2.Cell
@@ -197,6 +208,45 @@ class DataServicer(data_pb2_grpc.DataServiceServicer):
         documents = [_integral(json_format.MessageToDict(policy)) for policy in request.policies]
         governed = await self._sql.apply_policies(tenant, documents, request.revision)
         return data_pb2.ApplyPoliciesResponse(governed_tables=governed)
+
+    async def ProbePolicies(
+        self, request: data_pb2.ProbePoliciesRequest, context: Any
+    ) -> data_pb2.ProbePoliciesResponse:
+        """Internal (auth's live dry run): the rows `subject` may read/update/delete under `policies`, found
+        by running the enforcement in a rolled-back transaction."""
+        tenant = checked_tenant(request.tenant)
+        subject = checked_subject(json_format.MessageToDict(request.subject), tenant)
+        current_call().audit.update(tenant=tenant, table=request.table, probe_subject=subject["sub"])
+        documents = [_integral(json_format.MessageToDict(policy)) for policy in request.policies]
+        probe = await self._sql.probe_policies(
+            tenant, documents, request.table, subject, probe_limit(request.limit), self._limits(context)
+        )
+        return data_pb2.ProbePoliciesResponse(
+            governed=probe.governed,
+            rows=[
+                data_pb2.ProbedRow(
+                    record=_struct(row.record), read=row.read, update=row.update, delete=row.delete
+                )
+                for row in probe.rows
+            ],
+            truncated=probe.truncated,
+        )
+
+
+def probe_limit(limit: int) -> int:
+    if limit < 0:
+        raise InvalidArgument(f"limit must be 0 (the default, {PROBE_LIMIT}) or more", field="limit")
+    return min(limit or PROBE_LIMIT, PROBE_MAX_LIMIT)
+
+
+def _struct(record: dict[str, Any]) -> struct_pb2.Struct:
+    message = struct_pb2.Struct()
+    message.update(_jsonable_record(record))
+    return message
+
+
+def _jsonable_record(record: dict[str, Any]) -> dict[str, Any]:
+    return {str(key): _jsonable(value) for key, value in record.items()}
 
 
 async def build(runtime: Runtime) -> list[ServiceSpec]:

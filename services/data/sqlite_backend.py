@@ -10,6 +10,7 @@ cannot take every worker thread.
 Policies: developers and viewers of a tenant whose policies govern tables run on connections of their own
 (never shared with admins or ungoverned callers), which carry the shadow views, triggers and authorizer
 checks of sqlite_policies for the caller's subject; a tenant without table policies pays one revision read.
+The live dry run (sqlite_probe) runs the same enforcement on a connection of its own, never pooled.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from services.data.model import (
     Json,
     Limits,
     Plan,
+    Probe,
     QueryResult,
     Rows,
     Table,
@@ -63,6 +65,7 @@ from services.data.sqlite_policies import (
     governs_tables,
     read_schema,
 )
+from services.data.sqlite_probe import ADMIN, WRITER, probe, probe_kind
 from services.data.sqltext import Statement, reads_only, scan
 
 T = TypeVar("T")
@@ -374,6 +377,18 @@ class _Tenant:
             else:
                 pool.append(conn)
 
+    def alone(self, writable: bool, governed: bool, fn: Callable[..., T], *args: Any) -> T:
+        """In a worker thread: fn(connection, *args) on a connection of its own, closed afterwards (the live
+        dry run: what it builds on the connection never reaches a real call)."""
+        try:
+            conn = _Connection(self.path, writable, governed)
+        except sqlite3.Error as exc:
+            raise Unavailable(f"cannot open the tenant database: {exc}") from exc
+        try:
+            return fn(conn, *args)
+        finally:
+            conn.close()
+
     def close(self) -> None:
         self.closed = True
         for pool in self.idle.values():
@@ -430,6 +445,28 @@ class SqliteTenants(TenantSql):
         subject = {"sub": "", "tenant": tenant, "roles": []}
         admin = Caller(checked_tenant(tenant), True)
         return await self._run(admin, None, _compile_check, policies, subject)
+
+    async def probe_policies(
+        self,
+        tenant: str,
+        documents: list[Mapping[str, Any]],
+        table: str,
+        subject: Mapping[str, Any],
+        limit: int,
+        limits: Limits,
+    ) -> Probe:
+        """The live dry run (sqlite_probe): as the subject, under `documents` (stored or not), on a connection
+        of its own, in a transaction that is rolled back. InvalidArgument names an invalid part of a policy,
+        an unknown table, or the table and column a rule cannot be compiled for."""
+        policies = compile_set(documents)
+        kind = probe_kind(subject)
+        guard = Guard(policies, dict(subject)) if kind != ADMIN and governs_tables(policies) else None
+        opened = self._tenants.get(tenant) or await self._open(tenant)
+        self._tenants.move_to_end(tenant)
+        async with opened.slots:
+            return await self._blocking.run(
+                opened.alone, kind == WRITER, guard is not None, probe, guard, table, kind, limit, limits
+            )
 
     async def close(self) -> None:
         for tenant in self._tenants.values():

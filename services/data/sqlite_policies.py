@@ -369,13 +369,16 @@ class Shield:
         if query_only:  # temp objects are writes too: allowed for our own statements only
             conn.execute("PRAGMA query_only = OFF")
         try:
-            conn.execute("BEGIN")
+            # A savepoint, not BEGIN: outside a transaction it is one; inside one (the live dry run's, see
+            # sqlite_probe) it nests, and the objects go with that transaction's rollback.
+            conn.execute(f"SAVEPOINT {_INSTALL}")
             try:
                 for statement in statements:
                     conn.execute(statement)
-                conn.execute("COMMIT")
+                conn.execute(f"RELEASE {_INSTALL}")
             except sqlite3.Error as exc:
-                conn.execute("ROLLBACK")
+                conn.execute(f"ROLLBACK TO {_INSTALL}")
+                conn.execute(f"RELEASE {_INSTALL}")
                 self.key = None
                 raise FailedPrecondition(
                     f"the tenant's policies cannot be enforced on its tables: {exc}; a tenant admin must "
@@ -504,6 +507,7 @@ class Shield:
 
 
 _ROWID = ("rowid", "_rowid_", "oid")
+_INSTALL = f"{RESERVED}_install"
 _OBJECT_NAMES = ("update", "insert", "update_old", "update_new", "delete_old")
 
 

@@ -27,6 +27,7 @@ from typing import Protocol
 from services.core.context import Principal
 from services.core.errors import PermissionDenied
 from services.core.policy import PolicySet, governed, subject_of
+from services.core.policy.access import topic_record, topic_resource
 from services.realtime.hub import Hub, Reader
 
 log = logging.getLogger("launchpad.realtime")
@@ -44,16 +45,12 @@ class PolicySource(Protocol):
     async def current(self, tenant: str) -> PolicySet: ...
 
 
-def resource_of(topic: str) -> str:
-    return f"realtime:{topic}"
-
-
 def refusal(policies: PolicySet, principal: Principal, action: str, topic: str) -> str | None:
     """None when `principal` may `action` the topic under `policies`; else the outcome, in words."""
-    resource = resource_of(topic)
+    resource = topic_resource(topic)
     if not policies.governs(resource):
         return None
-    decision = policies.decide(action, resource, {"topic": topic}, subject_of(principal))
+    decision = policies.decide(action, resource, topic_record(topic), subject_of(principal))
     if decision.decision == "allow":
         return None
     return f"policy denies {action} on {resource}: {decision.reason}"

@@ -19,7 +19,6 @@ with RESOURCE_EXHAUSTED (the edge then closes its sockets 1013 and they recover 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,6 +34,7 @@ from services.core.errors import (
     ServiceError,
     Unauthenticated,
 )
+from services.core.policy.access import check_topic
 from services.realtime.access import Access
 from services.realtime.hub import (
     CONNECTIONS,
@@ -48,21 +48,11 @@ from services.realtime.hub import (
     timestamp,
 )
 
-TOPIC = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 MAX_TOPICS = 100  # subscriptions per connection
 MAX_MESSAGE_BYTES = 64 * 1024
 RELAY_QUEUE_LIMIT = 16_384  # frames an edge's relay may fall behind (the edge reads as fast as it can)
 
 Response = realtime_pb2.ConnectResponse
-
-
-def _topic(name: str) -> str:
-    if not TOPIC.match(name):
-        raise InvalidArgument(
-            f"topic {name[:64]!r} is not valid: letters, digits and . _ : -, at most 128 characters",
-            field="topic",
-        )
-    return name
 
 
 def channel_of(tenant: str, topic: str) -> str:
@@ -86,7 +76,7 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
     async def _publish(self, principal: Principal, topic: str, msg: struct_pb2.Value) -> tuple[int, int]:
         if not principal.can_write:  # roles first: no policy lets a viewer publish
             raise PermissionDenied("publishing needs the developer or admin role")
-        topic = _topic(topic)
+        topic = check_topic(topic)
         payload = msg.SerializeToString()
         if len(payload) > MAX_MESSAGE_BYTES:
             raise InvalidArgument(f"message is over {MAX_MESSAGE_BYTES} bytes", field="msg")
@@ -134,7 +124,7 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
         elif request.subscribe or request.topic:
             offset = request.offset if request.HasField("offset") else None
             await self._subscribe(
-                conn, who, _topic(request.subscribe or request.topic), offset, request.epoch
+                conn, who, check_topic(request.subscribe or request.topic), offset, request.epoch
             )
         elif request.unsubscribe:
             sub = conn.subscriptions.pop(request.unsubscribe, None)
@@ -209,7 +199,7 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
     async def _relay_request(self, request: realtime_pb2.RelayRequest, conn: Connection) -> None:
         if not TENANT_NAME.match(request.tenant):
             raise InvalidArgument("relay request without a valid tenant", field="tenant")
-        channel = channel_of(request.tenant, _topic(request.topic))
+        channel = channel_of(request.tenant, check_topic(request.topic))
         if request.unsubscribe:
             self._relay_leave(conn, channel, request.id)
             return

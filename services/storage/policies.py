@@ -23,6 +23,7 @@ from services.core.context import Principal
 from services.core.errors import PermissionDenied
 from services.core.objectstore import ObjectInfo
 from services.core.policy import Decision, PolicySet, governed, kind_of, subject_of
+from services.core.policy.access import subject_governed
 
 READ, WRITE = "read", "write"
 # What every listing knows; anything else a rule reads (owner, content_type, unknown fields) needs the object's
@@ -155,8 +156,12 @@ async def gate_for(book: PolicySource, principal: Principal, bucket: str) -> Gat
     """The caller's gate for `bucket`, from the tenant's policies as stored now (no cache beyond the book's
     revision check). A book that cannot be read raises: storage fails closed, never open."""
     if not governed(principal):
+        return Gate(bucket)  # admins: not even a read of the book
+    return gate_with(await book.current(principal.tenant), subject_of(principal), bucket)
+
+
+def gate_with(policies: PolicySet, subject: Mapping[str, Any], bucket: str) -> Gate:
+    """The gate of `subject` (subject_of a principal, or the live dry run's subject) under `policies`."""
+    if not subject_governed(subject) or not policies.governs(resource_of(bucket, "")):
         return Gate(bucket)
-    policies = await book.current(principal.tenant)
-    if not policies.governs(resource_of(bucket, "")):
-        return Gate(bucket)
-    return Gate(bucket, policies, subject_of(principal))
+    return Gate(bucket, policies, subject)

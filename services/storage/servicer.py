@@ -16,6 +16,9 @@ Policies (services/storage/policies.py) decide every call of a governed caller: 
 may read, signed URLs and deletes are refused when it may not read or write the object. On governed storage an
 upload URL also pins the object as it was when signed (absent, or its ETag): it cannot overwrite an object
 that appeared or changed since, so it is good for one upload; ask for a new URL to upload again.
+
+ProbePolicies (internal: auth's live dry run) decides a bucket's objects for a given subject under a given
+policy set with the same Gate (gate_with), reading only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import re
 import secrets
 import time
@@ -34,6 +38,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
+from google.protobuf import json_format
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from launchpad.storage.v1 import storage_pb2, storage_pb2_grpc
@@ -58,9 +64,20 @@ from services.core.objectstore import (
     page_size_of,
     page_token_after,
 )
+from services.core.policy import compile_set
+from services.core.policy.access import subject_writes
 from services.core.policy.book import open_policy_book
 from services.core.server import Runtime, ServiceSpec
-from services.storage.policies import Gate, PolicySource, gate_for, upload_record
+from services.storage.policies import (
+    READ,
+    WRITE,
+    Gate,
+    PolicySource,
+    gate_for,
+    gate_with,
+    object_record,
+    upload_record,
+)
 
 DEFAULT_EXPIRES_S = 900
 MAX_EXPIRES_S = 7 * 24 * 3600  # S3's limit for SigV4 presigned URLs
@@ -71,6 +88,7 @@ _METHODS = ("GET", "PUT")
 # read; then it answers with what it found (possibly fewer than page_size, even none) and a token to go on.
 MAX_SCAN_PAGES = 10
 DELETE_PAGE = 1000
+DEFAULT_PROBE_LIMIT, MAX_PROBE_LIMIT = 100, 1000  # objects a live dry run looks at
 
 
 # --- names --------------------------------------------------------------------------------------------
@@ -465,6 +483,66 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         )
         current_call().audit.update(size=info.size, owner=grant.owner)
         return storage_pb2.WriteObjectResponse(object=object_message(sig.bucket, info))
+
+    async def ProbePolicies(self, request: Any, context: Any) -> storage_pb2.ProbePoliciesResponse:
+        """Internal (auth's live dry run): the bucket's first `limit` objects as ListObjects lists them for
+        an admin, each decided for the request's subject under the request's policies by the very Gate the
+        other calls enforce with (record, details, roles, admins ungoverned). Reads only."""
+        tenant, bucket = request.tenant, request.bucket
+        _audit(f"{bucket}", tenant=tenant, probe=True)
+        physical = physical_bucket(tenant, bucket)
+        limit = probe_limit(request.limit)
+        policies = compile_set([plain(policy) for policy in request.policies])
+        subject = plain(request.subject)
+        if not await self._store.bucket_exists(physical):
+            raise InvalidArgument(f"bucket {bucket!r} does not exist in tenant {tenant!r}", field="bucket")
+        gate = gate_with(policies, subject, bucket)
+        writes = subject_writes(subject)
+        page = await self._store.list(physical, "", limit, "")
+        infos = await self._store.details(physical, page.objects) if gate.needs_details else page.objects
+        objects = [
+            storage_pb2.ProbedObject(
+                record=_struct(object_record(bucket, info)),
+                read=gate.allows(READ, info),
+                write=writes and gate.allows(WRITE, info),
+            )
+            for info in infos
+        ]
+        current_call().audit.update(governed=gate.governed, objects=len(objects))
+        return storage_pb2.ProbePoliciesResponse(
+            governed=gate.governed, objects=objects, truncated=bool(page.next_page_token)
+        )
+
+
+def probe_limit(limit: int) -> int:
+    if limit == 0:
+        return DEFAULT_PROBE_LIMIT
+    if not 1 <= limit <= MAX_PROBE_LIMIT:
+        raise InvalidArgument(
+            f"limit must be 1..{MAX_PROBE_LIMIT} (0 means {DEFAULT_PROBE_LIMIT}), not {limit}", field="limit"
+        )
+    return limit
+
+
+def plain(struct: Struct) -> dict[str, Any]:
+    """A Struct as plain JSON; whole numbers as ints (a Struct keeps every number as a double)."""
+    return _whole(json_format.MessageToDict(struct))
+
+
+def _whole(value: Any) -> Any:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _whole(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole(item) for item in value]
+    return value
+
+
+def _struct(value: dict[str, Any]) -> Struct:
+    struct = Struct()
+    struct.update(value)
+    return struct
 
 
 async def build(runtime: Runtime, book: PolicySource | None = None) -> list[ServiceSpec]:

@@ -269,6 +269,7 @@ def test_round_trip_of_a_nested_request() -> None:
         "action": "write",
         "resource": "t/1",
         "subject": None,
+        "live": None,
     }
     assert out(parse(auth_pb2.DryRunPolicyRequest, request)) == request
 

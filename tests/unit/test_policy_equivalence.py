@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.core.policy import PolicySet, parse_policy
-from services.core.policy.sql import render_table
+from services.core.policy.sql import render_table, sqlite_value
 from tests.support import PrivateDatabase, need_env
 
 # One small pool for row values and operands, so that equal, near-equal (1 and 1.0, "1" and 1, true and 1)
@@ -124,15 +124,16 @@ def allowed_by_python(
 
 # --- SQLite ---------------------------------------------------------------------------------------------
 
-SQLITE_COLUMNS = {"n": "INTEGER", "r": "REAL", "s": "TEXT", "x": ""}
-SQLITE_FIELDS = ["n", "r", "s", "x", "x.a", "nope"]
+SQLITE_COLUMNS = {"n": "INTEGER", "r": "REAL", "s": "TEXT", "x": "", "f": "BOOLEAN"}
+SQLITE_FIELDS = ["n", "r", "s", "x", "f", "x.a", "nope"]
 SQLITE_POOL = [None, *POOL]
+SQLITE_POOLS = {**dict.fromkeys(SQLITE_COLUMNS, SQLITE_POOL), "f": [None, 0, 1, 2, 0.5, "a", True, False]}
 
 
 @settings(max_examples=4000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     policies=st.one_of(one_condition_sets(SQLITE_FIELDS), policy_sets(SQLITE_FIELDS)),
-    rows=tables(dict.fromkeys(SQLITE_COLUMNS, SQLITE_POOL)),
+    rows=tables(SQLITE_POOLS),
     subject=SUBJECTS,
 )
 def test_sqlite_returns_exactly_the_rows_python_allows(
@@ -142,10 +143,13 @@ def test_sqlite_returns_exactly_the_rows_python_allows(
     columns = ", ".join(f'"{name}" {type_}' for name, type_ in SQLITE_COLUMNS.items())
     conn.execute(f"CREATE TABLE t (id INTEGER PRIMARY KEY, {columns})")
     for row in rows:
-        conn.execute("INSERT INTO t (n, r, s, x) VALUES (:n, :r, :s, :x)", row)
-    stored = {
-        key: dict(zip(SQLITE_COLUMNS, values, strict=True))
-        for key, *values in conn.execute("SELECT id, n, r, s, x FROM t")
+        conn.execute("INSERT INTO t (n, r, s, x, f) VALUES (:n, :r, :s, :x, :f)", row)
+    stored = {  # the rows as SQLite holds them, as policies see them (0/1 of the BOOLEAN column: booleans)
+        key: {
+            name: sqlite_value(SQLITE_COLUMNS[name], v)
+            for name, v in zip(SQLITE_COLUMNS, values, strict=True)
+        }
+        for key, *values in conn.execute("SELECT id, n, r, s, x, f FROM t")
     }
     predicate = render_table(policies, "t", SQLITE_COLUMNS, "read", "sqlite", subject)
     served = {key for (key,) in conn.execute(f"SELECT id FROM t WHERE {predicate.passes}")}

@@ -15,8 +15,10 @@ different kinds never compare. How each backend gets there:
   values come from `launchpad.claims()` (the verified claims, jsonb): each reference, already read as the
   kind it is compared with, is one scalar `(select ...)`, which PostgreSQL runs once per statement.
 - SQLite: values carry their own storage class, so each comparison checks `typeof(column)` first (which also
-  stops SQLite's column affinity from turning '5' into 5). SQLite has no boolean and no JSON column: 0/1 are
-  numbers, a nested path is missing. The subject is known per call and inlined as literals.
+  stops SQLite's column affinity from turning '5' into 5). SQLite has no boolean type: in a column declared
+  BOOLEAN the integers 0 and 1 are false and true (as on PostgreSQL, they then equal no number); elsewhere
+  they are numbers. There is no JSON column: a nested path is missing. The subject is known per call and
+  inlined as literals.
 """
 
 from __future__ import annotations
@@ -364,7 +366,11 @@ class _Sqlite(_Renderer):
             self.refuse(condition, where, "is a SQLite column, which has no fields")
             column = None
         else:
-            column = _Column(quote_ident(name), _affinity(self.columns[name]))
+            column = _Column.of(name, self.columns[name])
+            if not column.boolean and condition.op in ("eq", "in") and _has_bool(condition.operand):
+                self.refuse(
+                    condition, where, "is not BOOLEAN: SQLite has no booleans there, compare with 1 or 0"
+                )
         if condition.op == "exists":
             if column is None:
                 return self.false if condition.operand else self.true
@@ -385,12 +391,30 @@ class _Sqlite(_Renderer):
         return operand
 
 
+def _has_bool(operand: Any) -> bool:
+    return isinstance(operand, bool) or (
+        isinstance(operand, list) and any(isinstance(v, bool) for v in operand)
+    )
+
+
+def sqlite_value(declared: str, value: Any) -> Any:
+    """A SQLite value as policies see it (the record of the dry run): 0 and 1 of a BOOLEAN column are booleans."""
+    if "BOOL" in declared.upper() and type(value) is int and value in (0, 1):
+        return bool(value)
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class _Column:
-    """A SQLite column and its affinity (from the declared type, SQLite's own rules)."""
+    """A SQLite column, its affinity (from the declared type, SQLite's own rules) and whether it is BOOLEAN."""
 
     sql: str
     affinity: str
+    boolean: bool
+
+    @classmethod
+    def of(cls, name: str, declared: str) -> _Column:
+        return cls(quote_ident(name), _affinity(declared), "BOOL" in declared.upper())
 
     def compared_with(self, value: Any) -> str:
         """The column as one side of a comparison with `value`. Against a column of numeric affinity SQLite
@@ -415,22 +439,34 @@ def _affinity(declared: str) -> str:
     return "REAL" if any(word in name for word in ("REAL", "FLOA", "DOUB")) else "NUMERIC"
 
 
-def _sqlite_literal(value: Any) -> tuple[str, str] | None:
-    """(typeof check, literal) of a JSON value a SQLite column can equal; None for the others."""
-    if isinstance(value, bool) or not (is_number(value) or isinstance(value, str)):
-        return None  # SQLite columns hold no booleans, lists or objects
+def _sqlite_guard(column: _Column, value: Any) -> str | None:
+    """What the column's value must be for `value` to compare with it; None when nothing in it can."""
+    c = column.sql
     if isinstance(value, str):
-        return "= 'text'", f"{quote_text(value)} COLLATE BINARY"
-    return "IN ('integer', 'real')", _number(value)
+        return f"typeof({c}) = 'text'"
+    if isinstance(value, bool):
+        return f"typeof({c}) = 'integer' AND {c} IN (0, 1)" if column.boolean else None
+    if not is_number(value):
+        return None  # SQLite columns hold no lists or objects
+    if column.boolean:  # its 0 and 1 are booleans, not numbers
+        return f"(typeof({c}) = 'real' OR (typeof({c}) = 'integer' AND {c} NOT IN (0, 1)))"
+    return f"typeof({c}) IN ('integer', 'real')"
+
+
+def _sqlite_literal(value: Any) -> str:
+    if isinstance(value, str):
+        return f"{quote_text(value)} COLLATE BINARY"
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return _number(value)
 
 
 def _sqlite_compare(op: str) -> Callable[[_Column, Any], str]:
     def render(column: _Column, value: Any) -> str:
-        literal = _sqlite_literal(value)
-        if literal is None:
+        guard = _sqlite_guard(column, value)
+        if guard is None or (op != "=" and isinstance(value, bool)):  # booleans have no order
             return "0"
-        kind, text = literal
-        return f"(typeof({column.sql}) {kind} AND {column.compared_with(value)} {op} {text})"
+        return f"({guard} AND {column.compared_with(value)} {op} {_sqlite_literal(value)})"
 
     return render
 

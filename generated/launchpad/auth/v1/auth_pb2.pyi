@@ -283,18 +283,34 @@ class DeletePolicyResponse(_message.Message):
     def __init__(self, deleted: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class DryRunPolicyRequest(_message.Message):
-    __slots__ = ("policy", "records", "action", "resource", "subject")
+    __slots__ = ("policy", "records", "action", "resource", "subject", "live")
     POLICY_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     RESOURCE_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
     policy: Policy
     records: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
     action: str
     resource: str
     subject: _struct_pb2.Struct
-    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., records: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., subject: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    live: LiveTarget
+    def __init__(self, policy: _Optional[_Union[Policy, _Mapping]] = ..., records: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., action: _Optional[str] = ..., resource: _Optional[str] = ..., subject: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., live: _Optional[_Union[LiveTarget, _Mapping]] = ...) -> None: ...
+
+class LiveTarget(_message.Message):
+    __slots__ = ("table", "bucket", "topic", "limit", "tenant")
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    table: str
+    bucket: str
+    topic: str
+    limit: int
+    tenant: str
+    def __init__(self, table: _Optional[str] = ..., bucket: _Optional[str] = ..., topic: _Optional[str] = ..., limit: _Optional[int] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class Decision(_message.Message):
     __slots__ = ("index", "decision", "rule_index", "reason")
@@ -309,7 +325,35 @@ class Decision(_message.Message):
     def __init__(self, index: _Optional[int] = ..., decision: _Optional[str] = ..., rule_index: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DryRunPolicyResponse(_message.Message):
-    __slots__ = ("decisions",)
+    __slots__ = ("decisions", "live")
     DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
     decisions: _containers.RepeatedCompositeFieldContainer[Decision]
-    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ...) -> None: ...
+    live: LiveResult
+    def __init__(self, decisions: _Optional[_Iterable[_Union[Decision, _Mapping]]] = ..., live: _Optional[_Union[LiveResult, _Mapping]] = ...) -> None: ...
+
+class LiveEntry(_message.Message):
+    __slots__ = ("record", "read", "update", "delete", "write")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FIELD_NUMBER: _ClassVar[int]
+    record: _struct_pb2.Struct
+    read: bool
+    update: bool
+    delete: bool
+    write: bool
+    def __init__(self, record: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., read: _Optional[bool] = ..., update: _Optional[bool] = ..., delete: _Optional[bool] = ..., write: _Optional[bool] = ...) -> None: ...
+
+class LiveResult(_message.Message):
+    __slots__ = ("resource", "governed", "entries", "truncated")
+    RESOURCE_FIELD_NUMBER: _ClassVar[int]
+    GOVERNED_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    resource: str
+    governed: bool
+    entries: _containers.RepeatedCompositeFieldContainer[LiveEntry]
+    truncated: bool
+    def __init__(self, resource: _Optional[str] = ..., governed: _Optional[bool] = ..., entries: _Optional[_Iterable[_Union[LiveEntry, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

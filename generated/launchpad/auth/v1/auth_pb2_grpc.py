@@ -204,7 +204,11 @@ class AuthServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DryRunPolicy(self, request, context):
-        """Evaluates a policy against sample records: per record the decision, the deciding rule and why.
+        """Record mode: evaluates a policy against sample records (per record the decision, the deciding rule and
+        why). Live mode (`live`): what a subject may do with the real rows of a table, objects of a bucket or a
+        topic, decided by the enforcing services with the stored set (or the stored set with a candidate policy
+        added or replacing its namesake); nothing is written. Developers and viewers may run it only as
+        themselves on the stored set, and see only what they may read.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -154,3 +154,39 @@ class ApplyPoliciesResponse(_message.Message):
     GOVERNED_TABLES_FIELD_NUMBER: _ClassVar[int]
     governed_tables: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, governed_tables: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProbePoliciesRequest(_message.Message):
+    __slots__ = ("tenant", "policies", "table", "subject", "limit")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    TABLE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    policies: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    table: str
+    subject: _struct_pb2.Struct
+    limit: int
+    def __init__(self, tenant: _Optional[str] = ..., policies: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., table: _Optional[str] = ..., subject: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ProbedRow(_message.Message):
+    __slots__ = ("record", "read", "update", "delete")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_FIELD_NUMBER: _ClassVar[int]
+    DELETE_FIELD_NUMBER: _ClassVar[int]
+    record: _struct_pb2.Struct
+    read: bool
+    update: bool
+    delete: bool
+    def __init__(self, record: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., read: _Optional[bool] = ..., update: _Optional[bool] = ..., delete: _Optional[bool] = ...) -> None: ...
+
+class ProbePoliciesResponse(_message.Message):
+    __slots__ = ("governed", "rows", "truncated")
+    GOVERNED_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    governed: bool
+    rows: _containers.RepeatedCompositeFieldContainer[ProbedRow]
+    truncated: bool
+    def __init__(self, governed: _Optional[bool] = ..., rows: _Optional[_Iterable[_Union[ProbedRow, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -54,6 +54,11 @@ class DataServiceStub:
                 request_serializer=launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesRequest.SerializeToString,
                 response_deserializer=launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesResponse.FromString,
                 _registered_method=True)
+        self.ProbePolicies = channel.unary_unary(
+                '/launchpad.data.v1.DataService/ProbePolicies',
+                request_serializer=launchpad_dot_data_dot_v1_dot_data__pb2.ProbePoliciesRequest.SerializeToString,
+                response_deserializer=launchpad_dot_data_dot_v1_dot_data__pb2.ProbePoliciesResponse.FromString,
+                _registered_method=True)
 
 
 class DataServiceServicer:
@@ -89,6 +94,16 @@ class DataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProbePolicies(self, request, context):
+        """Internal (auth's live dry run): which rows of `table` `subject` may read, update and delete under
+        `policies` (the whole set to evaluate: the stored one or a candidate), computed by running the real
+        enforcement inside a transaction that is rolled back. Nothing is written. INVALID_ARGUMENT names an
+        unknown table or the invalid part of a policy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -111,6 +126,11 @@ def add_DataServiceServicer_to_server(servicer, server):
                     servicer.ApplyPolicies,
                     request_deserializer=launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesRequest.FromString,
                     response_serializer=launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesResponse.SerializeToString,
+            ),
+            'ProbePolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProbePolicies,
+                    request_deserializer=launchpad_dot_data_dot_v1_dot_data__pb2.ProbePoliciesRequest.FromString,
+                    response_serializer=launchpad_dot_data_dot_v1_dot_data__pb2.ProbePoliciesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -221,6 +241,33 @@ class DataService:
             '/launchpad.data.v1.DataService/ApplyPolicies',
             launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesRequest.SerializeToString,
             launchpad_dot_data_dot_v1_dot_data__pb2.ApplyPoliciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbePolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launchpad.data.v1.DataService/ProbePolicies',
+            launchpad_dot_data_dot_v1_dot_data__pb2.ProbePoliciesRequest.SerializeToString,
+            launchpad_dot_data_dot_v1_dot_data__pb2.ProbePoliciesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,11 +23,12 @@ _sym_db = _symbol_database.Default()
 
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
+from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from launchpad.api.v1 import options_pb2 as launchpad_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"launchpad/storage/v1/storage.proto\x12\x14launchpad.storage.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elaunchpad/api/v1/options.proto\"F\n\x06\x42ucket\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\nObjectInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x31\n\rlast_modified\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListBucketsRequest\"R\n\x13ListBucketsResponse\x12-\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1c.launchpad.storage.v1.Bucket\x12\x0c\n\x04mode\x18\x02 \x01(\t\"#\n\x13\x43reateBucketRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x14\x43reateBucketResponse\x12,\n\x06\x62ucket\x18\x01 \x01(\x0b\x32\x1c.launchpad.storage.v1.Bucket\"[\n\x12ListObjectsRequest\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"a\n\x13ListObjectsResponse\x12\x31\n\x07objects\x18\x01 \x03(\x0b\x32 .launchpad.storage.v1.ObjectInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x16\x43reateSignedUrlRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\"\xe3\x01\n\x17\x43reateSignedUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12K\n\x07headers\x18\x04 \x03(\x0b\x32:.launchpad.storage.v1.CreateSignedUrlResponse.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x13\x44\x65leteObjectRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\'\n\x14\x44\x65leteObjectResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"&\n\x14\x44\x65leteObjectsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"(\n\x15\x44\x65leteObjectsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"\x85\x01\n\x0cUrlSignature\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\x03\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12\x11\n\tsignature\x18\x07 \x01(\t\"J\n\x11ReadObjectRequest\x12\x35\n\tsignature\x18\x01 \x01(\x0b\x32\".launchpad.storage.v1.UrlSignature\"R\n\x12ReadObjectResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12.\n\x04info\x18\x02 \x01(\x0b\x32 .launchpad.storage.v1.ObjectInfo\"Y\n\x12WriteObjectRequest\x12\x35\n\tsignature\x18\x01 \x01(\x0b\x32\".launchpad.storage.v1.UrlSignature\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"G\n\x13WriteObjectResponse\x12\x30\n\x06object\x18\x01 \x01(\x0b\x32 .launchpad.storage.v1.ObjectInfo2\xbd\t\n\x0eStorageService\x12\x8c\x01\n\x0bListBuckets\x12(.launchpad.storage.v1.ListBucketsRequest\x1a).launchpad.storage.v1.ListBucketsResponse\"(\x82\xd3\xe4\x93\x02\"\x12\x14/api/storage/bucketsZ\n\x12\x08/buckets\x12\x9e\x01\n\x0c\x43reateBucket\x12).launchpad.storage.v1.CreateBucketRequest\x1a*.launchpad.storage.v1.CreateBucketResponse\"7\xca\xf3\x18\x14\x12\x05\x61\x64min\x12\tdeveloper\x18\x01\x82\xd3\xe4\x93\x02\x19\"\x14/api/storage/buckets:\x01*\x12\x91\x01\n\x0bListObjects\x12(.launchpad.storage.v1.ListObjectsRequest\x1a).launchpad.storage.v1.ListObjectsResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/api/storage/buckets/{bucket}/objects\x12\xa4\x01\n\x0f\x43reateSignedUrl\x12,.launchpad.storage.v1.CreateSignedUrlRequest\x1a-.launchpad.storage.v1.CreateSignedUrlResponse\"4\x82\xd3\xe4\x93\x02.\"\x17/api/storage/signed-url:\x01*Z\x10\"\x0b/signed-url:\x01*\x12\xb9\x01\n\x0c\x44\x65leteObject\x12).launchpad.storage.v1.DeleteObjectRequest\x1a*.launchpad.storage.v1.DeleteObjectResponse\"R\xca\xf3\x18\x14\x12\x05\x61\x64min\x12\tdeveloper\x18\x01\x82\xd3\xe4\x93\x02\x34\"\x1a/api/storage/object/delete:\x01*Z\x13\"\x0e/object/delete:\x01*\x12\xa8\x01\n\rDeleteObjects\x12*.launchpad.storage.v1.DeleteObjectsRequest\x1a+.launchpad.storage.v1.DeleteObjectsResponse\">\xca\xf3\x18\x14\x12\x05\x61\x64min\x12\tdeveloper\x18\x01\x82\xd3\xe4\x93\x02 \"\x1b/api/storage/objects/delete:\x01*\x12i\n\nReadObject\x12\'.launchpad.storage.v1.ReadObjectRequest\x1a(.launchpad.storage.v1.ReadObjectResponse\"\x06\xca\xf3\x18\x02\x08\x01\x30\x01\x12n\n\x0bWriteObject\x12(.launchpad.storage.v1.WriteObjectRequest\x1a).launchpad.storage.v1.WriteObjectResponse\"\x08\xca\xf3\x18\x04\x08\x01\x18\x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"launchpad/storage/v1/storage.proto\x12\x14launchpad.storage.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elaunchpad/api/v1/options.proto\"F\n\x06\x42ucket\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\ncreated_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\nObjectInfo\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12\x31\n\rlast_modified\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListBucketsRequest\"R\n\x13ListBucketsResponse\x12-\n\x07\x62uckets\x18\x01 \x03(\x0b\x32\x1c.launchpad.storage.v1.Bucket\x12\x0c\n\x04mode\x18\x02 \x01(\t\"#\n\x13\x43reateBucketRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"D\n\x14\x43reateBucketResponse\x12,\n\x06\x62ucket\x18\x01 \x01(\x0b\x32\x1c.launchpad.storage.v1.Bucket\"[\n\x12ListObjectsRequest\x12\x0e\n\x06\x62ucket\x18\x01 \x01(\t\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"a\n\x13ListObjectsResponse\x12\x31\n\x07objects\x18\x01 \x03(\x0b\x32 .launchpad.storage.v1.ObjectInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x16\x43reateSignedUrlRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x12\n\nexpires_in\x18\x03 \x01(\x05\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\"\xe3\x01\n\x17\x43reateSignedUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12K\n\x07headers\x18\x04 \x03(\x0b\x32:.launchpad.storage.v1.CreateSignedUrlResponse.HeadersEntry\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"#\n\x13\x44\x65leteObjectRequest\x12\x0c\n\x04path\x18\x01 \x01(\t\"\'\n\x14\x44\x65leteObjectResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"&\n\x14\x44\x65leteObjectsRequest\x12\x0e\n\x06prefix\x18\x01 \x01(\t\"(\n\x15\x44\x65leteObjectsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03\"\x85\x01\n\x0cUrlSignature\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06\x62ucket\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07\x65xpires\x18\x05 \x01(\x03\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12\x11\n\tsignature\x18\x07 \x01(\t\"J\n\x11ReadObjectRequest\x12\x35\n\tsignature\x18\x01 \x01(\x0b\x32\".launchpad.storage.v1.UrlSignature\"R\n\x12ReadObjectResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12.\n\x04info\x18\x02 \x01(\x0b\x32 .launchpad.storage.v1.ObjectInfo\"Y\n\x12WriteObjectRequest\x12\x35\n\tsignature\x18\x01 \x01(\x0b\x32\".launchpad.storage.v1.UrlSignature\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"G\n\x13WriteObjectResponse\x12\x30\n\x06object\x18\x01 \x01(\x0b\x32 .launchpad.storage.v1.ObjectInfo\"\x9a\x01\n\x14ProbePoliciesRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12)\n\x08policies\x18\x02 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06\x62ucket\x18\x03 \x01(\t\x12(\n\x07subject\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\r\n\x05limit\x18\x05 \x01(\x05\"T\n\x0cProbedObject\x12\'\n\x06record\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0c\n\x04read\x18\x02 \x01(\x08\x12\r\n\x05write\x18\x03 \x01(\x08\"q\n\x15ProbePoliciesResponse\x12\x10\n\x08governed\x18\x01 \x01(\x08\x12\x33\n\x07objects\x18\x02 \x03(\x0b\x32\".launchpad.storage.v1.ProbedObject\x12\x11\n\ttruncated\x18\x03 \x01(\x08\x32\xaf\n\n\x0eStorageService\x12\x8c\x01\n\x0bListBuckets\x12(.launchpad.storage.v1.ListBucketsRequest\x1a).launchpad.storage.v1.ListBucketsResponse\"(\x82\xd3\xe4\x93\x02\"\x12\x14/api/storage/bucketsZ\n\x12\x08/buckets\x12\x9e\x01\n\x0c\x43reateBucket\x12).launchpad.storage.v1.CreateBucketRequest\x1a*.launchpad.storage.v1.CreateBucketResponse\"7\xca\xf3\x18\x14\x12\x05\x61\x64min\x12\tdeveloper\x18\x01\x82\xd3\xe4\x93\x02\x19\"\x14/api/storage/buckets:\x01*\x12\x91\x01\n\x0bListObjects\x12(.launchpad.storage.v1.ListObjectsRequest\x1a).launchpad.storage.v1.ListObjectsResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/api/storage/buckets/{bucket}/objects\x12\xa4\x01\n\x0f\x43reateSignedUrl\x12,.launchpad.storage.v1.CreateSignedUrlRequest\x1a-.launchpad.storage.v1.CreateSignedUrlResponse\"4\x82\xd3\xe4\x93\x02.\"\x17/api/storage/signed-url:\x01*Z\x10\"\x0b/signed-url:\x01*\x12\xb9\x01\n\x0c\x44\x65leteObject\x12).launchpad.storage.v1.DeleteObjectRequest\x1a*.launchpad.storage.v1.DeleteObjectResponse\"R\xca\xf3\x18\x14\x12\x05\x61\x64min\x12\tdeveloper\x18\x01\x82\xd3\xe4\x93\x02\x34\"\x1a/api/storage/object/delete:\x01*Z\x13\"\x0e/object/delete:\x01*\x12\xa8\x01\n\rDeleteObjects\x12*.launchpad.storage.v1.DeleteObjectsRequest\x1a+.launchpad.storage.v1.DeleteObjectsResponse\">\xca\xf3\x18\x14\x12\x05\x61\x64min\x12\tdeveloper\x18\x01\x82\xd3\xe4\x93\x02 \"\x1b/api/storage/objects/delete:\x01*\x12i\n\nReadObject\x12\'.launchpad.storage.v1.ReadObjectRequest\x1a(.launchpad.storage.v1.ReadObjectResponse\"\x06\xca\xf3\x18\x02\x08\x01\x30\x01\x12n\n\x0bWriteObject\x12(.launchpad.storage.v1.WriteObjectRequest\x1a).launchpad.storage.v1.WriteObjectResponse\"\x08\xca\xf3\x18\x04\x08\x01\x18\x01(\x01\x12p\n\rProbePolicies\x12*.launchpad.storage.v1.ProbePoliciesRequest\x1a+.launchpad.storage.v1.ProbePoliciesResponse\"\x06\xca\xf3\x18\x02 \x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,46 +53,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STORAGESERVICE'].methods_by_name['ReadObject']._serialized_options = b'\312\363\030\002\010\001'
   _globals['_STORAGESERVICE'].methods_by_name['WriteObject']._loaded_options = None
   _globals['_STORAGESERVICE'].methods_by_name['WriteObject']._serialized_options = b'\312\363\030\004\010\001\030\001'
-  _globals['_BUCKET']._serialized_start=155
-  _globals['_BUCKET']._serialized_end=225
-  _globals['_OBJECTINFO']._serialized_start=228
-  _globals['_OBJECTINFO']._serialized_end=368
-  _globals['_LISTBUCKETSREQUEST']._serialized_start=370
-  _globals['_LISTBUCKETSREQUEST']._serialized_end=390
-  _globals['_LISTBUCKETSRESPONSE']._serialized_start=392
-  _globals['_LISTBUCKETSRESPONSE']._serialized_end=474
-  _globals['_CREATEBUCKETREQUEST']._serialized_start=476
-  _globals['_CREATEBUCKETREQUEST']._serialized_end=511
-  _globals['_CREATEBUCKETRESPONSE']._serialized_start=513
-  _globals['_CREATEBUCKETRESPONSE']._serialized_end=581
-  _globals['_LISTOBJECTSREQUEST']._serialized_start=583
-  _globals['_LISTOBJECTSREQUEST']._serialized_end=674
-  _globals['_LISTOBJECTSRESPONSE']._serialized_start=676
-  _globals['_LISTOBJECTSRESPONSE']._serialized_end=773
-  _globals['_CREATESIGNEDURLREQUEST']._serialized_start=775
-  _globals['_CREATESIGNEDURLREQUEST']._serialized_end=871
-  _globals['_CREATESIGNEDURLRESPONSE']._serialized_start=874
-  _globals['_CREATESIGNEDURLRESPONSE']._serialized_end=1101
-  _globals['_CREATESIGNEDURLRESPONSE_HEADERSENTRY']._serialized_start=1055
-  _globals['_CREATESIGNEDURLRESPONSE_HEADERSENTRY']._serialized_end=1101
-  _globals['_DELETEOBJECTREQUEST']._serialized_start=1103
-  _globals['_DELETEOBJECTREQUEST']._serialized_end=1138
-  _globals['_DELETEOBJECTRESPONSE']._serialized_start=1140
-  _globals['_DELETEOBJECTRESPONSE']._serialized_end=1179
-  _globals['_DELETEOBJECTSREQUEST']._serialized_start=1181
-  _globals['_DELETEOBJECTSREQUEST']._serialized_end=1219
-  _globals['_DELETEOBJECTSRESPONSE']._serialized_start=1221
-  _globals['_DELETEOBJECTSRESPONSE']._serialized_end=1261
-  _globals['_URLSIGNATURE']._serialized_start=1264
-  _globals['_URLSIGNATURE']._serialized_end=1397
-  _globals['_READOBJECTREQUEST']._serialized_start=1399
-  _globals['_READOBJECTREQUEST']._serialized_end=1473
-  _globals['_READOBJECTRESPONSE']._serialized_start=1475
-  _globals['_READOBJECTRESPONSE']._serialized_end=1557
-  _globals['_WRITEOBJECTREQUEST']._serialized_start=1559
-  _globals['_WRITEOBJECTREQUEST']._serialized_end=1648
-  _globals['_WRITEOBJECTRESPONSE']._serialized_start=1650
-  _globals['_WRITEOBJECTRESPONSE']._serialized_end=1721
-  _globals['_STORAGESERVICE']._serialized_start=1724
-  _globals['_STORAGESERVICE']._serialized_end=2937
+  _globals['_STORAGESERVICE'].methods_by_name['ProbePolicies']._loaded_options = None
+  _globals['_STORAGESERVICE'].methods_by_name['ProbePolicies']._serialized_options = b'\312\363\030\002 \001'
+  _globals['_BUCKET']._serialized_start=185
+  _globals['_BUCKET']._serialized_end=255
+  _globals['_OBJECTINFO']._serialized_start=258
+  _globals['_OBJECTINFO']._serialized_end=398
+  _globals['_LISTBUCKETSREQUEST']._serialized_start=400
+  _globals['_LISTBUCKETSREQUEST']._serialized_end=420
+  _globals['_LISTBUCKETSRESPONSE']._serialized_start=422
+  _globals['_LISTBUCKETSRESPONSE']._serialized_end=504
+  _globals['_CREATEBUCKETREQUEST']._serialized_start=506
+  _globals['_CREATEBUCKETREQUEST']._serialized_end=541
+  _globals['_CREATEBUCKETRESPONSE']._serialized_start=543
+  _globals['_CREATEBUCKETRESPONSE']._serialized_end=611
+  _globals['_LISTOBJECTSREQUEST']._serialized_start=613
+  _globals['_LISTOBJECTSREQUEST']._serialized_end=704
+  _globals['_LISTOBJECTSRESPONSE']._serialized_start=706
+  _globals['_LISTOBJECTSRESPONSE']._serialized_end=803
+  _globals['_CREATESIGNEDURLREQUEST']._serialized_start=805
+  _globals['_CREATESIGNEDURLREQUEST']._serialized_end=901
+  _globals['_CREATESIGNEDURLRESPONSE']._serialized_start=904
+  _globals['_CREATESIGNEDURLRESPONSE']._serialized_end=1131
+  _globals['_CREATESIGNEDURLRESPONSE_HEADERSENTRY']._serialized_start=1085
+  _globals['_CREATESIGNEDURLRESPONSE_HEADERSENTRY']._serialized_end=1131
+  _globals['_DELETEOBJECTREQUEST']._serialized_start=1133
+  _globals['_DELETEOBJECTREQUEST']._serialized_end=1168
+  _globals['_DELETEOBJECTRESPONSE']._serialized_start=1170
+  _globals['_DELETEOBJECTRESPONSE']._serialized_end=1209
+  _globals['_DELETEOBJECTSREQUEST']._serialized_start=1211
+  _globals['_DELETEOBJECTSREQUEST']._serialized_end=1249
+  _globals['_DELETEOBJECTSRESPONSE']._serialized_start=1251
+  _globals['_DELETEOBJECTSRESPONSE']._serialized_end=1291
+  _globals['_URLSIGNATURE']._serialized_start=1294
+  _globals['_URLSIGNATURE']._serialized_end=1427
+  _globals['_READOBJECTREQUEST']._serialized_start=1429
+  _globals['_READOBJECTREQUEST']._serialized_end=1503
+  _globals['_READOBJECTRESPONSE']._serialized_start=1505
+  _globals['_READOBJECTRESPONSE']._serialized_end=1587
+  _globals['_WRITEOBJECTREQUEST']._serialized_start=1589
+  _globals['_WRITEOBJECTREQUEST']._serialized_end=1678
+  _globals['_WRITEOBJECTRESPONSE']._serialized_start=1680
+  _globals['_WRITEOBJECTRESPONSE']._serialized_end=1751
+  _globals['_PROBEPOLICIESREQUEST']._serialized_start=1754
+  _globals['_PROBEPOLICIESREQUEST']._serialized_end=1908
+  _globals['_PROBEDOBJECT']._serialized_start=1910
+  _globals['_PROBEDOBJECT']._serialized_end=1994
+  _globals['_PROBEPOLICIESRESPONSE']._serialized_start=1996
+  _globals['_PROBEPOLICIESRESPONSE']._serialized_end=2109
+  _globals['_STORAGESERVICE']._serialized_start=2112
+  _globals['_STORAGESERVICE']._serialized_end=3439
 # @@protoc_insertion_point(module_scope)

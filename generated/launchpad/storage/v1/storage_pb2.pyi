@@ -1,6 +1,7 @@
 import datetime
 
 from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from launchpad.api.v1 import options_pb2 as _options_pb2
 from google.protobuf.internal import containers as _containers
@@ -179,3 +180,37 @@ class WriteObjectResponse(_message.Message):
     OBJECT_FIELD_NUMBER: _ClassVar[int]
     object: ObjectInfo
     def __init__(self, object: _Optional[_Union[ObjectInfo, _Mapping]] = ...) -> None: ...
+
+class ProbePoliciesRequest(_message.Message):
+    __slots__ = ("tenant", "policies", "bucket", "subject", "limit")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    policies: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    bucket: str
+    subject: _struct_pb2.Struct
+    limit: int
+    def __init__(self, tenant: _Optional[str] = ..., policies: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., bucket: _Optional[str] = ..., subject: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ProbedObject(_message.Message):
+    __slots__ = ("record", "read", "write")
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    READ_FIELD_NUMBER: _ClassVar[int]
+    WRITE_FIELD_NUMBER: _ClassVar[int]
+    record: _struct_pb2.Struct
+    read: bool
+    write: bool
+    def __init__(self, record: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., read: _Optional[bool] = ..., write: _Optional[bool] = ...) -> None: ...
+
+class ProbePoliciesResponse(_message.Message):
+    __slots__ = ("governed", "objects", "truncated")
+    GOVERNED_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    governed: bool
+    objects: _containers.RepeatedCompositeFieldContainer[ProbedObject]
+    truncated: bool
+    def __init__(self, governed: _Optional[bool] = ..., objects: _Optional[_Iterable[_Union[ProbedObject, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -74,6 +74,11 @@ class StorageServiceStub:
                 request_serializer=launchpad_dot_storage_dot_v1_dot_storage__pb2.WriteObjectRequest.SerializeToString,
                 response_deserializer=launchpad_dot_storage_dot_v1_dot_storage__pb2.WriteObjectResponse.FromString,
                 _registered_method=True)
+        self.ProbePolicies = channel.unary_unary(
+                '/launchpad.storage.v1.StorageService/ProbePolicies',
+                request_serializer=launchpad_dot_storage_dot_v1_dot_storage__pb2.ProbePoliciesRequest.SerializeToString,
+                response_deserializer=launchpad_dot_storage_dot_v1_dot_storage__pb2.ProbePoliciesResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServiceServicer:
@@ -131,6 +136,15 @@ class StorageServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProbePolicies(self, request, context):
+        """Internal (auth's live dry run calls it): the bucket's objects as the store lists them, each with what
+        `subject` may do with it under `policies` (a candidate set, not necessarily the stored one), decided by
+        the functions that enforce storage policies. Nothing is written.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +187,11 @@ def add_StorageServiceServicer_to_server(servicer, server):
                     servicer.WriteObject,
                     request_deserializer=launchpad_dot_storage_dot_v1_dot_storage__pb2.WriteObjectRequest.FromString,
                     response_serializer=launchpad_dot_storage_dot_v1_dot_storage__pb2.WriteObjectResponse.SerializeToString,
+            ),
+            'ProbePolicies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProbePolicies,
+                    request_deserializer=launchpad_dot_storage_dot_v1_dot_storage__pb2.ProbePoliciesRequest.FromString,
+                    response_serializer=launchpad_dot_storage_dot_v1_dot_storage__pb2.ProbePoliciesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +410,33 @@ class StorageService:
             '/launchpad.storage.v1.StorageService/WriteObject',
             launchpad_dot_storage_dot_v1_dot_storage__pb2.WriteObjectRequest.SerializeToString,
             launchpad_dot_storage_dot_v1_dot_storage__pb2.WriteObjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProbePolicies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/launchpad.storage.v1.StorageService/ProbePolicies',
+            launchpad_dot_storage_dot_v1_dot_storage__pb2.ProbePoliciesRequest.SerializeToString,
+            launchpad_dot_storage_dot_v1_dot_storage__pb2.ProbePoliciesResponse.FromString,
             options,
             channel_credentials,
             insecure,
