@@ -431,7 +431,8 @@ class Verifier:
         put = self.call(
             step, "POST", "/api/storage/signed-url", {"path": f"{bucket}/hello.txt", "method": "PUT"}
         )
-        uploaded = self.http.put(put.json()["url"], content=data)
+        # the headers the URL was signed with (S3: the owner and content type), as a client must send them
+        uploaded = self.http.put(put.json()["url"], content=data, headers=put.json().get("headers", {}))
         step.show(
             f"PUT <signed URL> ({len(data)} bytes)", uploaded.text or "(empty body)", uploaded.status_code
         )

@@ -12,11 +12,12 @@ Security: a live dry run shows real data, so it is only as open as the data is.
 - Developers and viewers may run it only as themselves on the stored set: a candidate policy or another
   subject would let them read what they may not (dry-run `allow read on *`, or run as a colleague). Those are
   403 for them. What they get is only what they may read, as a SELECT or a listing would show it.
-- Tables: the data service answers only the rows the subject can read, and `truncated` counts only those.
-  Buckets: the storage service decides every object (an admin sees which are hidden from the subject), so a
-  non-admin's bucket probe always looks at MAX_LIMIT objects, whatever limit it asks for, and keeps the
-  readable ones: with a look of its choosing, `truncated` would count the objects it may not see (limit 5:
-  truncated, limit 6: not -> a sixth, hidden, object exists). A governed listing's page token says as much.
+- A probe may look at rows or objects the subject may not see (SQLite's looks at the first `limit` rows of
+  the table; storage decides every object, so an admin sees which are hidden from the subject). A
+  non-admin's probe therefore always looks at MAX_LIMIT, whatever limit it asks for, and keeps the readable
+  ones: with a look of its choosing, `truncated` would count what it may not see (limit 5: truncated, limit
+  6: not -> a sixth, hidden, one exists). Tables keep only readable rows for admins too, so both SQL
+  backends answer alike.
 - Admins may do anything in their tenant, the platform admin in any existing tenant.
 Every live dry run is audited with its target, subject and candidate.
 """
@@ -89,8 +90,9 @@ class LiveDryRun:
         if kind == "topic":
             result = _topic(documents, subject, name)
         else:
-            # Non-admins' bucket probes: a fixed look (see the module doc), then only its readable part.
-            looked = MAX_LIMIT if kind == "bucket" and not caller.is_admin else limit
+            # Non-admins: a fixed look (see the module doc), then only its readable part, so that varying the
+            # limit tells nothing of the rows or objects they may not see.
+            looked = MAX_LIMIT if not caller.is_admin else limit
             probe = self._prober.table if kind == "table" else self._prober.bucket
             probed = _roles_first(subject, await probe(tenant, documents, name, subject, looked))
             resource = name if kind == "table" else f"storage:{name}"

@@ -96,6 +96,8 @@ _CURSOR = "lp_rows"
 _CURSORABLE = frozenset({"SELECT", "WITH", "VALUES", "TABLE", "("})
 _EXPLAINABLE = _CURSORABLE | {"INSERT", "UPDATE", "DELETE", "MERGE", "EXECUTE", "DECLARE", "CREATE"}
 # Everything a statement may leave behind in the session, cleared inside the same round trip as COMMIT.
+# Deferred constraint triggers fire now, while the caller's claims still hold, not at COMMIT after the reset.
+_IMMEDIATE = "SET CONSTRAINTS ALL IMMEDIATE"
 _RESET = "RESET ALL; SELECT pg_advisory_unlock_all(); CLOSE ALL; DEALLOCATE ALL; UNLISTEN *; DISCARD TEMP"
 _AFFECTING = frozenset({"INSERT", "UPDATE", "DELETE", "MERGE", "COPY"})
 
@@ -340,12 +342,12 @@ def _finish(cur: ext.cursor, ok: bool, session: Session | None = None) -> None:
     """COMMIT (or ROLLBACK) and the session reset, one round trip. After a write that committed, the same
     round trip asks whether its DDL took a table into governance (or changed one): see TenantConnection."""
     if ok and session is not None and session.writable:
-        cur.execute(f"{_RESET}; COMMIT; SELECT launchpad.pending()")
+        cur.execute(f"{_IMMEDIATE}; {_RESET}; COMMIT; SELECT launchpad.pending()")
         row = cur.fetchone()
         if row and row[0]:
             cur.connection.pending = True
         return
-    cur.execute(f"{_RESET}; COMMIT" if ok else f"ROLLBACK; {_RESET}")
+    cur.execute(f"{_IMMEDIATE}; {_RESET}; COMMIT" if ok else f"ROLLBACK; {_RESET}")
 
 
 def _query(

@@ -15,16 +15,16 @@ tenant's database, a superuser like apply() needs):
    ALTER TABLE / CREATE POLICY take the table's ACCESS EXCLUSIVE lock until the rollback, so queries of
    that table wait for the probe (at most its statement timeout), and the probe waits for running queries
    at most LOCK_TIMEOUT, then says to retry.
-3. SET LOCAL ROLE to the subject's role (admin, developer: _rw, viewer: _ro) and `launchpad.enter()` with
-   the subject's claims, signed exactly as a query's are, so the policies read the real `launchpad.claims()`.
-   As that role: `SELECT` (read), a no-op `UPDATE ... SET c = c ... RETURNING` (update: its WITH CHECK
+3. `launchpad.enter()` with the subject's claims, signed exactly as a query's are, so the policies read the
+   real `launchpad.claims()`; then, inside a SECURITY DEFINER function owned by the subject's role (admin,
+   developer: _rw, viewer: _ro), which no code it sets off can leave (see _ACT_AS), as that role: `SELECT` (read), a no-op `UPDATE ... SET c = c ... RETURNING` (update: its WITH CHECK
    applies) and `DELETE ... RETURNING` (delete), each inside a savepoint rolled back at once. Both writes
    read the row (the assignment, RETURNING), and PostgreSQL then applies the read rules as well: like any
    UPDATE or DELETE with a WHERE clause, they reach only rows the subject can read. So the writes are tried
    on the rows read (the first `limit` of them, by ctid), which also bounds what they cost. A table with no
    column such an assignment can take (none, or only generated ones) is tried with SELECT ... FOR UPDATE,
    which applies the same USING policies (and, the row unchanged, WITH CHECK could not differ).
-4. RESET ROLE, and the rows are read by ctid as the platform user (`to_jsonb`), then ROLLBACK.
+4. The rows are read by ctid as the platform user (`to_jsonb`), then ROLLBACK.
 
 What the writes set off happens as in a real write, inside the transaction, and is rolled back with it:
 triggers (an audit row they insert is gone), cascading foreign keys, constraint checks. A row whose write a
@@ -124,12 +124,7 @@ def _probe(
     _check_superuser(cur)
     target = _target(cur, table)
     governed = pg_rls.stage(cur, policies, target.oid) and kind != "admin"
-    # As a query of that role runs: its search_path (the tenant's schema), which the triggers it sets off see.
-    cur.execute(
-        pgsql.SQL("SET LOCAL ROLE {}; SET LOCAL search_path = {}").format(
-            pgsql.Identifier(role), pgsql.Identifier(target.schema)
-        )
-    )
+    _act_as(cur, role, target.schema)
     cur.execute(pg_rls.set_claims(cur, key, pg_rls.claims_text(subject), limits.timeout_ms))
     if cur.fetchone() != (True,):
         raise RuntimeError("launchpad.enter() refused the probe's own claims proof (clock or key mismatch)")
@@ -139,7 +134,6 @@ def _probe(
     deadline = time.monotonic() + limits.timeout_ms / 1000  # each statement has it; so has the whole fallback
     updatable = _touched(cur, _update_sql(target), keys, deadline) if writable else set()
     deletable = _touched(cur, _delete_sql(target), keys, deadline) if writable else set()
-    cur.execute("RESET ROLE; SET LOCAL search_path = pg_catalog, pg_temp")
     records, cut = _records(cur, target, keys, limits)
     rows = [ProbedRow(record, True, k in updatable, k in deletable) for k, record in records]
     return Probe(governed, rows, truncated or cut)
@@ -192,16 +186,34 @@ def _target(cur: ext.cursor, table: str) -> _Target:
     return _Target(int(oid), schema, name, assignable)
 
 
+# The subject's statements run inside this SECURITY DEFINER function, owned by the subject's role: as that role
+# (its privileges, its row-level security), and where PostgreSQL refuses SET ROLE, RESET ROLE and SET SESSION
+# AUTHORIZATION -- in the statement and in every trigger or function it sets off. The probe's session is the
+# platform's superuser: with a plain SET LOCAL ROLE, a developer's trigger could RESET ROLE and act as it.
+_ACT_AS = """
+CREATE FUNCTION pg_temp.lp_probe_as(q text, rels oid[], olds tid[]) RETURNS TABLE (rel bigint, old text)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema} AS $f$ BEGIN RETURN QUERY EXECUTE q USING rels, olds; END $f$;
+ALTER FUNCTION pg_temp.lp_probe_as(text, oid[], tid[]) OWNER TO {role}
+"""
+_AS_SUBJECT = "SELECT rel, old FROM pg_temp.lp_probe_as(%s, %s::oid[], %s::tid[])"
+
+
+def _act_as(cur: ext.cursor, role: str, schema: str) -> None:
+    """The function the subject's statements run in (dropped with the transaction, which is rolled back);
+    its search_path is the tenant's schema, as a query of that role runs (and the triggers it sets off see)."""
+    cur.execute(pgsql.SQL(_ACT_AS).format(schema=pgsql.Identifier(schema), role=pgsql.Identifier(role)))
+
+
 def _readable(cur: ext.cursor, target: _Target, limit: int) -> list[Key]:
     """As the subject: the first `limit` rows it can SELECT, by position. No SELECT privilege (an owner took
     it from viewers on an ungoverned table): nothing is readable, as a real SELECT fails."""
     sql = (
         f"SELECT t.tableoid::bigint, t.ctid::text FROM {target.name} AS t "
-        "ORDER BY t.tableoid, t.ctid LIMIT %s"
+        f"ORDER BY t.tableoid, t.ctid LIMIT {int(limit)}"
     )
     cur.execute("SAVEPOINT lp_probe")
     try:
-        cur.execute(sql, (limit,))
+        cur.execute(_AS_SUBJECT, (sql, [], []))
         found = [(int(rel), ctid) for rel, ctid in cur.fetchall()]
     except psycopg2.Error as exc:
         cur.execute("ROLLBACK TO SAVEPOINT lp_probe")
@@ -214,7 +226,8 @@ def _readable(cur: ext.cursor, target: _Target, limit: int) -> list[Key]:
 
 # The rows to try come as two arrays (table oid, ctid); RETURNING gives back the row's *old* position
 # (an UPDATE's own ctid would be the new row version's).
-_ROWS = "unnest(%s::oid[], %s::tid[]) AS o(rel, old)"
+_ROWS = "unnest($1, $2) AS o(rel, old)"  # as the subject: the parameters of pg_temp.lp_probe_as
+_ROWS_HERE = "unnest(%s::oid[], %s::tid[]) AS o(rel, old)"  # as the platform user: the driver's parameters
 _MATCH = "t.tableoid = o.rel AND t.ctid = o.old"
 _RETURNING = "RETURNING o.rel::bigint, o.old::text"
 
@@ -264,7 +277,7 @@ def _touched(cur: ext.cursor, sql: str, keys: Sequence[Key], deadline: float) ->
 def _try(cur: ext.cursor, sql: str, keys: Sequence[Key]) -> set[Key]:
     cur.execute("SAVEPOINT lp_probe")
     try:
-        cur.execute(sql, ([rel for rel, _ in keys], [ctid for _, ctid in keys]))
+        cur.execute(_AS_SUBJECT, (sql, [rel for rel, _ in keys], [ctid for _, ctid in keys]))
         return {(int(rel), ctid) for rel, ctid in cur.fetchall()}
     finally:
         cur.execute("ROLLBACK TO SAVEPOINT lp_probe")
@@ -288,7 +301,7 @@ def _records(
     if not keys:
         return [], False
     cur.execute(
-        f"SELECT t.tableoid::bigint, t.ctid::text, to_jsonb(t) FROM {target.name} AS t JOIN {_ROWS} ON {_MATCH} "
+        f"SELECT t.tableoid::bigint, t.ctid::text, to_jsonb(t) FROM {target.name} AS t JOIN {_ROWS_HERE} ON {_MATCH} "
         "ORDER BY t.tableoid, t.ctid",
         ([rel for rel, _ in keys], [ctid for _, ctid in keys]),
     )

@@ -586,7 +586,7 @@ def _columns(cur: ext.cursor, oids: Iterable[int]) -> dict[int, dict[str, str]]:
 def governing(tables: Sequence[_Table], policies: PolicySet) -> dict[int, str]:
     """Table oid -> the resource whose rules govern it: its own name when a rule names it, else (children of
     a governed table, which its rows are read through too) the nearest governed ancestor's."""
-    resources = {t.oid: t.name for t in tables if policies.governs(t.name)}
+    resources = {t.oid: t.name for t in tables if policies.governs(t.name, kind="table")}
     changed = True
     while changed:  # inheritance is shallow; each pass settles one more level
         changed = False

@@ -219,7 +219,7 @@ def resource_of(policies: PolicySet, table: str) -> str | None:
     """The name policies know the table by (SQLite names are case-insensitive: `Notes` is `notes` too),
     None when no rule governs it."""
     for name in (table, fold(table)):
-        if kind_of(name) == "table" and policies.governs(name):
+        if policies.governs(name, kind="table"):
             return name
     return None
 

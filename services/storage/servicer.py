@@ -38,6 +38,8 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -208,6 +210,35 @@ def verify(
     return grant
 
 
+# A governed listing's page token names the last key looked at, which may be one the caller may not read:
+# it goes out sealed (AES-GCM, bound to the bucket), so it says nothing but "go on from here".
+_TOKEN_KEY_LABEL = b"launchpad-storage-page-token"
+
+
+def _token_cipher(secret: bytes) -> AESGCM:
+    return AESGCM(hmac.new(secret, _TOKEN_KEY_LABEL, hashlib.sha256).digest())
+
+
+def seal_token(secret: bytes, bucket: str, token: str) -> str:
+    if not token:
+        return ""
+    nonce = secrets.token_bytes(12)
+    sealed = nonce + _token_cipher(secret).encrypt(nonce, token.encode(), bucket.encode())
+    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+
+def open_token(secret: bytes, bucket: str, sealed: str) -> str:
+    if not sealed:
+        return ""
+    try:
+        raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+        return _token_cipher(secret).decrypt(raw[:12], raw[12:], bucket.encode()).decode()
+    except (ValueError, InvalidTag):
+        raise InvalidArgument(
+            "page_token is not one this listing gave out: list again without it", field="page_token"
+        ) from None
+
+
 def url_secret(settings: Settings) -> bytes:
     if settings.storage_url_secret:
         return settings.storage_url_secret.encode()
@@ -284,6 +315,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         gate = await self._gate(request.bucket)
         if gate.governed:
             objects, token = await self._readable_page(gate, physical, prefix, request)
+            token = seal_token(self._secret, physical, token)
         else:
             page = await self._store.list(physical, prefix, request.page_size, request.page_token)
             objects, token = page.objects, page.next_page_token
@@ -299,7 +331,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         page may come back shorter than page_size, even empty, with a token to go on."""
         size = page_size_of(request.page_size)
         shown: list[ObjectInfo] = []
-        token = request.page_token
+        token = open_token(self._secret, physical, request.page_token)
         for _ in range(MAX_SCAN_PAGES):
             page = await self._store.list(physical, prefix, size, token)
             infos = await self._store.details(physical, page.objects) if gate.needs_details else page.objects

@@ -47,9 +47,12 @@ STRIPPED_PREFIXES += ("COSIGN_", "RUNTIME_AGENT_", "LAUNCHPAD_", "SIMULATION_MOD
 LIVE_DEPENDENCIES = {
     "data": {"sql"},
     "auth": {"sql"},
-    "storage": {"objects"},
+    "storage": {"objects", "sql"},  # sql: the tenant's policies, read from the platform database
     "deploy": {"sql", "objects", "signing"},
-    "realtime": {"kafka"},  # KAFKA_URL wins over REDIS_URL for realtime; the edge's rate limits use Redis
+    "realtime": {
+        "kafka",
+        "sql",
+    },  # KAFKA_URL wins over REDIS_URL for realtime; the edge's rate limits use Redis
     "metrics": {"prometheus"},
 }
 WAIT_S = 30  # an upper bound for eventual outcomes (a scrape, a log line), never a timed assertion
@@ -230,8 +233,9 @@ def test_storage_signed_url_upload_then_download(
     s3 = run.stack.env.get("MINIO_ENDPOINT", "").split("://")[-1].rstrip("/")
     where = s3 if run.mode == "live" else f"127.0.0.1:{EDGE_PORT}"
     assert urlsplit(url).netloc == where, url
-    assert client.put(tampered(url), content=data).status_code == 403  # the signature is really checked
-    assert client.put(url, content=data).status_code == 200
+    headers = put.json().get("headers", {})  # S3 signs the owner and content type as headers: send them back
+    assert client.put(tampered(url), content=data, headers=headers).status_code == 403  # really checked
+    assert client.put(url, content=data, headers=headers).status_code == 200
     get = client.post(
         "/api/storage/signed-url", json={"path": f"{bucket}/a/b.txt", "method": "GET"}, headers=admin
     )

@@ -461,6 +461,39 @@ async def test_a_trigger_on_a_developers_own_table_reads_with_the_writers_claims
     assert await team.rows("alice", "SELECT DISTINCT owner FROM loot") == [["alice"]]
 
 
+async def test_a_deferred_trigger_firing_at_commit_gets_nothing_without_claims(team: Team) -> None:
+    """Deferred constraint triggers fire at COMMIT: they must not run after the claims are gone, when a deny
+    on `subject.*` could no longer be evaluated (and so would not deny) under an unconditional allow."""
+    everyone_but_bob = {
+        "name": "no-bob",
+        "rules": [
+            {"effect": "allow", "actions": ["read", "write"], "resource": "notes"},
+            {
+                "effect": "deny",
+                "actions": ["read"],
+                "resource": "notes",
+                "condition": {"subject.sub": {"in": ["bob"]}},
+            },
+        ],
+    }
+    await team.with_notes(everyone_but_bob)
+    assert await team.rows("bob", "SELECT count(*) FROM notes") == [[0]]
+    await team.sql("bob", "CREATE TABLE bait (v int)")
+    await team.sql("bob", "CREATE TABLE loot (owner text, body text)")
+    await team.sql(
+        "bob",
+        "CREATE FUNCTION grab() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " INSERT INTO loot SELECT owner, body FROM notes; RETURN NEW; END $$",
+    )
+    await team.sql(
+        "bob",
+        "CREATE CONSTRAINT TRIGGER grab AFTER INSERT ON bait DEFERRABLE INITIALLY DEFERRED"
+        " FOR EACH ROW EXECUTE FUNCTION grab()",
+    )
+    await team.sql("bob", "INSERT INTO bait VALUES (1)")
+    assert await team.rows("bob", "SELECT count(*) FROM loot") == [[0]]
+
+
 async def test_renaming_a_table_with_a_developers_trigger_into_a_governed_name_is_refused(team: Team) -> None:
     assert await team.apply(own_rows("notes*")) == []
     await team.sql("alice", "CREATE TABLE staging (owner text, body text)")

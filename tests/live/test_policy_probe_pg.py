@@ -476,3 +476,21 @@ async def test_a_probe_that_runs_too_long_is_cancelled_and_leaves_nothing(team: 
     # The statement was cancelled by its timeout, not tried row by row: the table is free again at once.
     assert await team.apply(MIXED, revision=2) == ["notes"]
     assert time.monotonic() - started < 4
+
+
+async def test_code_the_probe_sets_off_cannot_leave_the_subjects_role(team: Team) -> None:
+    """The probe's session is the platform's superuser: a developer's trigger that tries to RESET ROLE (and
+    then act as superuser) must fail, leaving only a row the probe reports as not updatable."""
+    await team.sql("alice", "CREATE TABLE trap (id int PRIMARY KEY, v text)")
+    await team.sql("alice", "INSERT INTO trap VALUES (1, 'x')")
+    await team.sql(
+        "alice",
+        "CREATE FUNCTION escape() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RESET ROLE; CREATE ROLE lp_probe_pwned SUPERUSER; RETURN NEW; END $$",
+    )
+    await team.sql(
+        "alice", "CREATE TRIGGER escape BEFORE UPDATE ON trap FOR EACH ROW EXECUTE FUNCTION escape()"
+    )
+    answer = await probe(team, "alice", table="trap")
+    assert [(row.read, row.update, row.delete) for row in answer.rows] == [(True, False, True)]
+    assert team.inside("SELECT count(*) FROM pg_roles WHERE rolname = 'lp_probe_pwned'") == [(0,)]

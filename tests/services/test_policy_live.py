@@ -246,7 +246,12 @@ async def test_a_table_dry_run_asks_the_data_service_with_the_set_and_subject(ac
     assert [struct_to_dict(e.record)["id"] for e in result.entries] == [1, 3]
     assert all(e.read and e.update and e.delete and not e.write for e in result.entries)
     [probe] = acme.stack.data.probes
-    assert (probe.tenant, probe.names, probe.table, probe.limit) == ("acme", ("own-rows",), "notes", 100)
+    assert (probe.tenant, probe.names, probe.table, probe.limit) == (
+        "acme",
+        ("own-rows",),
+        "notes",
+        1000,
+    )  # a non-admin: always the whole look
     assert probe.subject == {"sub": "dev1", "tenant": "acme", "roles": ["developer"]}
     # The viewer reads its rows (none) and never writes, whatever the data service answers.
     assert list((await acme.live("vic", table="notes")).entries) == []

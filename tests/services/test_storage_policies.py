@@ -222,6 +222,26 @@ async def test_pages_may_be_short_but_never_skip_an_object(acme: Tenant) -> None
     assert await acme.dev1.keys("photos", prefix="k00") == ["k000", "k003", "k006", "k009"]
 
 
+async def test_a_governed_page_token_names_no_hidden_key(acme: Tenant) -> None:
+    """The token after a page names the last key looked at: sealed, it cannot show a key the caller may not
+    read, and a token not given out by a governed listing (a forged plain one) is refused."""
+    acme.policies(OWN_OBJECTS)
+    await acme.dev1.upload("photos/a-mine")
+    await acme.dev2.upload("photos/b-secret-of-dev2")
+    await acme.dev1.upload("photos/c-mine")
+    await acme.dev2.upload("photos/d-secret-of-dev2")
+    first = await acme.dev1.page("photos", size=1)
+    assert [o.key for o in first.objects] == ["a-mine"]
+    rest = await acme.dev1.page("photos", size=2, token=first.next_page_token)
+    assert [o.key for o in rest.objects] == ["c-mine"]
+    for token in (first.next_page_token, rest.next_page_token):
+        padded = token + "=" * (-len(token) % 4)
+        assert not token or b"secret" not in base64.urlsafe_b64decode(padded)
+    plain = base64.urlsafe_b64encode(b"b-secret-of-dev2").decode()
+    code, message = await fails(acme.dev1.page("photos", size=2, token=plain))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "list again without it" in message
+
+
 async def test_the_owner_is_the_signer_and_cannot_be_forged(acme: Tenant) -> None:
     await seeded(acme)
     sig = await acme.dev1.put_url("photos/mine")

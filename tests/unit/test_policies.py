@@ -325,6 +325,9 @@ def test_dry_run_requires_action_resource_and_bounds_records() -> None:
          "in null never matches; leave it out of the list"),
         ({"name": "p", "rules": [rule(condition={"record.a": {"exists": "$subject.flag"}})]},
          "exists operand must be true or false"),
+        ({"name": "p", "rules": [rule(condition={"record.tags.-1": "x"})]},
+         "'record.tags.-1': '-1' is not a list index; use 0, 1, 2, ... (from the start)"),
+        ({"name": "p", "rules": [rule(condition={"record.a": "$subject.roles. 1"})]}, "' 1' is not a list index"),
     ],
 )  # fmt: skip
 def test_invalid_policy_names_the_offending_part(policy: Any, message: str) -> None:
@@ -357,3 +360,9 @@ def test_reasons_stay_short_with_many_rules() -> None:
     decision = decide(*rules, record={"n": -1})
     assert decision.reason.count("not matched") == 10
     assert decision.reason.endswith("; 15 more rules did not apply")
+
+
+def test_a_non_ascii_digit_in_a_path_is_a_missing_field_not_a_crash() -> None:
+    # "²".isdigit() is True, int("²") raises: a stored policy must never crash a decision
+    decision = holds({"subject.roles.²": "developer"}, subject={**ALICE, "roles": ["developer"]})
+    assert decision.decision == "deny" and "subject.roles.² is missing" in decision.reason

@@ -119,7 +119,7 @@ def test_strict_rendering_names_table_and_column(condition: dict[str, Any], mess
 def test_a_column_the_table_lacks_is_missing_never_an_error() -> None:
     policies = compile_set([{"name": "p", "rules": [rule("notes", condition={"record.team": "blue"})]}])
     predicate = render_table(policies, "notes", NOTES, "read", "postgresql", strict=True)
-    assert predicate.allow == "((false))"
+    assert predicate.allow.endswith("AND ((false)))")  # only verified callers, and even they get nothing
     sqlite = render_table(policies, "notes", {"owner": "TEXT"}, "read", "sqlite", ALICE, strict=True)
     assert sqlite.passes == "((((0))) AND NOT (0))"
 
@@ -135,3 +135,11 @@ def test_sqlite_inlines_the_subject_as_quoted_literals() -> None:
     hostile = {**ALICE, "sub": "x' OR 1=1 --"}
     predicate = render_table(compile_set([OWN_ROWS]), "notes", {"owner": "TEXT"}, "read", "sqlite", hostile)
     assert "'x'' OR 1=1 --' COLLATE BINARY" in predicate.allow
+
+
+def test_a_table_named_like_another_kind_is_still_a_table() -> None:
+    """`*` governs every table, "storage:x" included: the data backends say what the resource is."""
+    policies = one(rule("*", condition={"record.owner": "$subject.sub"}))
+    assert policies.governs("storage:x", kind="table")
+    predicate = render_table(policies, "storage:x", {"owner": "TEXT"}, "read", "sqlite", ALICE)
+    assert "'alice'" in predicate.allow

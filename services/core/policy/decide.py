@@ -79,15 +79,16 @@ class PolicySet:
         )
         object.__setattr__(self, "scoped", rules)
 
-    def governs(self, resource: str) -> bool:
-        """A table is governed by a rule naming it; storage and realtime by any rule of their kind."""
-        kind = kind_of(resource)
+    def governs(self, resource: str, kind: str | None = None) -> bool:
+        """A table is governed by a rule naming it; storage and realtime by any rule of their kind. `kind`:
+        what the resource is when its name alone cannot say (a table may be called "storage:x")."""
+        kind = kind or kind_of(resource)
         if kind == "table":
-            return any(s.rule.names(resource) for s in self.scoped)
+            return any(s.rule.names(resource, kind) for s in self.scoped)
         return any(kind_of(s.rule.resource) == kind for s in self.scoped)
 
-    def rules_for(self, action: str, resource: str) -> list[Scoped]:
-        return [s for s in self.scoped if s.rule.covers(action) and s.rule.names(resource)]
+    def rules_for(self, action: str, resource: str, kind: str | None = None) -> list[Scoped]:
+        return [s for s in self.scoped if s.rule.covers(action) and s.rule.names(resource, kind)]
 
     def decide(
         self, action: str, resource: str, record: Mapping[str, Any], subject: Mapping[str, Any]
@@ -241,7 +242,7 @@ def lookup(root: Any, path: Iterable[str]) -> Any:
     for part in path:
         if isinstance(current, Mapping) and part in current:
             current = current[part]
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+        elif isinstance(current, list) and part.isascii() and part.isdigit() and int(part) < len(current):
             current = current[int(part)]
         else:
             return MISSING

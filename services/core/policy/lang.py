@@ -50,10 +50,11 @@ class Rule:
     def covers(self, action: str) -> bool:
         return any(_glob(p, action) or (p == "write" and action in WRITE_ACTIONS) for p in self.actions)
 
-    def names(self, resource: str) -> bool:
+    def names(self, resource: str, kind: str | None = None) -> bool:
         """Whether the rule's resource pattern matches: only resources of the same kind (a table pattern such
-        as `*` or `orders*` never matches a `storage:` object or a `realtime:` topic)."""
-        return kind_of(self.resource) == kind_of(resource) and _glob(self.resource, resource)
+        as `*` or `orders*` never matches a `storage:` object or a `realtime:` topic). `kind` says what the
+        resource is when its name alone cannot (a table may be called "storage:x")."""
+        return kind_of(self.resource) == (kind or kind_of(resource)) and _glob(self.resource, resource)
 
 
 def kind_of(resource: str) -> str:
@@ -147,7 +148,19 @@ def _parse_key(where: str, key: Any) -> tuple[str, tuple[str, ...]]:
     path = tuple(rest.split(".")) if rest else ()
     if scope not in ("record", "subject") or not path or not all(path):
         raise _fail(where, f"key {key!r} must be 'record.<field>' or 'subject.<field>'")
+    _check_indexes(where, str(key), path)
     return scope, path
+
+
+# A list index is plain ASCII digits. PostgreSQL would also read " 1", "+1" and "-1" (from the end) as
+# indexes where the Python decision finds nothing: refused, so the dry run and enforcement cannot disagree.
+_LOOSE_INDEX = re.compile(r"^\s*[+-]?\s*\d+\s*$")
+
+
+def _check_indexes(where: str, key: str, path: tuple[str, ...]) -> None:
+    for part in path:
+        if _LOOSE_INDEX.match(part) and not (part.isascii() and part.isdigit()):
+            raise _fail(where, f"{key!r}: {part!r} is not a list index; use 0, 1, 2, ... (from the start)")
 
 
 def _operators(where: str, spec: Any) -> list[tuple[str, Any]]:
@@ -199,6 +212,7 @@ def _ref_path(where: str, ref: str) -> tuple[str, ...]:
     path = ref_path(ref)
     if not all(path):
         raise _fail(where, f"reference {ref!r} must be '$subject.<field>'")
+    _check_indexes(where, ref, path)
     return path
 
 

@@ -71,13 +71,12 @@ def render_table(
             raise ValueError("SQLite predicates inline the subject: pass it")
         render = _Sqlite(table, columns, subject, strict)
     parts: dict[str, list[str]] = {"allow": [], "deny": []}
-    for scoped in policies.rules_for(action, table):
+    for scoped in policies.rules_for(action, table, kind="table"):
         where = f"{scoped.policy} rules[{scoped.index}]"
         terms = [render.condition(c, where) for c in scoped.rule.conditions]
         parts[scoped.rule.effect].append(_all(terms, render.true))
-    return TablePredicate(
-        _any(parts["allow"], render.false), render.definite(_any(parts["deny"], render.false))
-    )
+    allow = render.verified(_any(parts["allow"], render.false))
+    return TablePredicate(allow, render.definite(_any(parts["deny"], render.false)))
 
 
 def _all(terms: Sequence[str], true: str) -> str:
@@ -112,6 +111,11 @@ class _Renderer:
     def definite(self, predicate: str) -> str:
         """The predicate, never NULL."""
         return predicate if predicate in (self.true, self.false) else f"coalesce({predicate}, false)"
+
+    def verified(self, allow: str) -> str:
+        """An allow holds only for a caller whose claims verified: code that runs without them (after the
+        call's reset, in someone else's session) is allowed nothing, whatever an unconditional rule says."""
+        return allow if allow == self.false else f"((select {CLAIMS}) IS NOT NULL AND {allow})"
 
     def __init__(self, table: str, columns: Mapping[str, str], strict: bool) -> None:
         self.table = table
@@ -348,6 +352,9 @@ class _Sqlite(_Renderer):
 
     def definite(self, predicate: str) -> str:
         return predicate  # NULL-free by construction
+
+    def verified(self, allow: str) -> str:
+        return allow  # the subject is inlined: there are no claims to be missing
 
     def __init__(
         self, table: str, columns: Mapping[str, str], subject: Mapping[str, Any], strict: bool
