@@ -49,11 +49,13 @@ from services.core.db import PgPlatformDb, PgPool, first_line, pg_unavailable
 from services.core.errors import (
     Aborted,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
     ServiceError,
     Unavailable,
 )
+from services.core.policy.book import PolicyBook
 from services.data import pg_probe, pg_rls
 from services.data.model import (
     Caller,
@@ -721,6 +723,7 @@ class PgTenants(TenantSql):
 
     def __init__(self, db: PgPlatformDb, secret: bytes, max_timeout_ms: int) -> None:
         self._db = db
+        self._book = PolicyBook(db)  # auth's stored policies, to reconcile a tenant's database with them
         self._secret = secret
         self._max_timeout_ms = max_timeout_ms
         self._tenants: OrderedDict[str, _Tenant] = OrderedDict()
@@ -745,7 +748,7 @@ class PgTenants(TenantSql):
         """Compiles the tenant's whole policy set against its tables and applies it as row-level security, in
         one transaction of the tenant's database; the tables governed afterwards."""
         names = await self._names(tenant)
-        await self._provision(names, force=False)
+        await self._provision(names, force=False, reconcile=False)  # this set supersedes the stored one
         dsn = ext.make_dsn(self._db.dsn, dbname=names.tenant_database)
         return await self._blocking.run(pg_rls.apply, dsn, documents, revision)
 
@@ -803,8 +806,9 @@ class PgTenants(TenantSql):
             self._database = str(row["name"]) if row else ""
         return TenantNames(checked_tenant(tenant), self._database)
 
-    async def _provision(self, names: TenantNames, *, force: bool) -> None:
-        """Once per tenant and process (or when it could not log in): database, roles, schema and grants."""
+    async def _provision(self, names: TenantNames, *, force: bool, reconcile: bool = True) -> None:
+        """Once per tenant and process (or when it could not log in): database, roles, schema and grants,
+        then the tenant's stored policies if its database does not have them yet."""
         async with self._locks.setdefault(names.tenant, asyncio.Lock()):
             if names.tenant in self._provisioned and not force:
                 return
@@ -813,7 +817,26 @@ class PgTenants(TenantSql):
                 passwords = {kind: role_password(self._secret, names.role_of(kind)) for kind in KINDS}
                 key = pg_rls.claims_key(self._secret, names.tenant_database)
                 await self._db.run(_provision, self._db.dsn, names, passwords, self._max_timeout_ms, key)
+            if reconcile:
+                await self._reconcile(names)
             self._provisioned.add(names.tenant)
+
+    async def _reconcile(self, names: TenantNames) -> None:
+        """Policies auth stored that the tenant's database does not enforce (stored before it was provisioned
+        with row-level security, or an apply whose undo failed) are applied before its first query here. If
+        they cannot be, the tenant's SQL fails (FAILED_PRECONDITION) rather than run unprotected; an admin
+        replaces the policy through the policy API, which applies the new set instead."""
+        revision, documents = await self._book.stored(names.tenant)
+        if revision == 0:
+            return
+        dsn = ext.make_dsn(self._db.dsn, dbname=names.tenant_database)
+        try:
+            await self._blocking.run(pg_rls.apply, dsn, documents, revision, behind_only=True)
+        except InvalidArgument as exc:
+            raise FailedPrecondition(
+                f"the tenant's stored policies cannot be enforced: {exc.message}; a tenant admin must replace or "
+                "delete the policy (PUT or DELETE /api/policies/{name})"
+            ) from exc
 
     async def _open(self, names: TenantNames) -> _Tenant:
         old = self._tenants.pop(names.tenant, None)

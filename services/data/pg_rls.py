@@ -464,16 +464,22 @@ class _Table:
     parents: tuple[int, ...]
 
 
-def apply(dsn: str, documents: Sequence[Mapping[str, Any]], revision: int) -> list[str]:
+def apply(
+    dsn: str, documents: Sequence[Mapping[str, Any]], revision: int, *, behind_only: bool = False
+) -> list[str]:
     """Stores the tenant's whole set and makes every table match it, in one transaction; governed tables.
 
     InvalidArgument (nothing applied) when a rule cannot be compiled for a table's column, or a table to be
-    governed cannot be (developers' code on it).
+    governed cannot be (developers' code on it). behind_only (reconciling a tenant's database with what
+    auth stored): nothing happens unless the database's applied revision is older.
     """
     policies = compile_set(documents, revision)
     try:
         with _transaction(dsn) as cur:
             _lock(cur)
+            # Revisions only grow: a newer set applied meanwhile (auth's change in flight) is never undone.
+            if behind_only and _applied_revision(cur) >= revision:
+                return []
             if not _has_event_trigger(cur):
                 raise FailedPrecondition(
                     "policies on PostgreSQL need the platform's database user to be a superuser (an event "
@@ -488,6 +494,12 @@ def apply(dsn: str, documents: Sequence[Mapping[str, Any]], revision: int) -> li
             raise  # our own SQL is wrong: an internal error, logged with its stack
         raise error from exc
     return governed
+
+
+def _applied_revision(cur: ext.cursor) -> int:
+    cur.execute("SELECT revision FROM launchpad_private.policy_set")
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 def resync(dsn: str) -> None:

@@ -21,7 +21,12 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
+from services.auth.app import MIGRATIONS as AUTH_MIGRATIONS
+from services.auth.store import AuthStore, PolicyRecord
 from services.core import internal
+from services.core.config import load_settings
+from services.core.db import open_platform_db
+from services.core.deps import Registry
 from services.data import pg_rls
 from services.data.backend import tenant_secret
 from services.data.pg_backend import TenantNames, role_password
@@ -459,6 +464,26 @@ async def test_a_trigger_on_a_developers_own_table_reads_with_the_writers_claims
     await team.sql("alice", "CREATE TRIGGER grab AFTER INSERT ON bait FOR EACH ROW EXECUTE FUNCTION grab()")
     await team.sql("alice", "INSERT INTO bait VALUES (1)")
     assert await team.rows("alice", "SELECT DISTINCT owner FROM loot") == [["alice"]]
+
+
+async def test_policies_stored_before_the_tenant_was_provisioned_are_enforced_from_its_first_query(
+    team: Team,
+) -> None:
+    """auth stored own-rows (say, before policies were enforced) and never applied it to this tenant's
+    database: the data service reconciles before the tenant's first statement."""
+    db = await open_platform_db(load_settings("auth"), Registry(), migrations=AUTH_MIGRATIONS)
+    try:
+        now = int(time.time() * 1000)
+        async with AuthStore(db).policy_transaction() as tx:
+            await tx.ensure_tenant(team.tenant, "root", now)
+            await tx.insert(PolicyRecord(team.tenant, "own-rows", OWN_ROWS, now, "root"))
+            await tx.bump_revision(team.tenant)
+    finally:
+        await db.close()
+    await team.sql("root", NOTES)
+    await team.sql("root", "INSERT INTO notes (owner, body) VALUES ('alice', 'a'), ('bob', 'b')")
+    assert await team.rows("alice", "SELECT owner FROM notes") == [["alice"]]
+    assert await team.rows("bob", "SELECT owner FROM notes") == [["bob"]]
 
 
 async def test_a_deferred_trigger_firing_at_commit_gets_nothing_without_claims(team: Team) -> None:

@@ -69,6 +69,11 @@ class PolicyBook:
         self._sets[tenant] = policies
         return policies
 
+    async def stored(self, tenant: str) -> tuple[int, list[dict[str, object]]]:
+        """The tenant's revision and stored documents as auth wrote them, (0, []) when it has none."""
+        read = await self._documents(tenant)
+        return read.revision, [json.loads(text) for text in read.documents]
+
     async def _revision(self, tenant: str) -> int:
         try:
             row = await self._db.fetchone(_REVISION, (tenant,))
