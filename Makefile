@@ -25,8 +25,8 @@ proto: venv
 
 lint: venv
 	$(VENV)/bin/buf lint
-	$(VENV)/bin/ruff check services edge tests
-	$(VENV)/bin/ruff format --check services edge tests
+	$(VENV)/bin/ruff check services edge tests tools
+	$(VENV)/bin/ruff format --check services edge tests tools
 
 generated/.stamp: $(PROTOS) | venv
 	$(MAKE) proto
@@ -40,9 +40,10 @@ test: venv generated/.stamp
 	mkdir -p reports/logs
 	set -o pipefail; $(PY) -m pytest -q -rfEs $(PYTEST_ARGS) 2>&1 | tee reports/logs/F.backend_tests.log
 
-# reports/F.backend_wiring_summary.md: a stack on its own ports (37001, 37011-37018), called; see services/report.py.
+# reports/F.backend_wiring_summary.md: a stack on its own ports (37001, 37011-37018), called with the
+# scenarios tests/integration/test_endpoints.py asserts on; see tools/report/.
 report: venv generated/.stamp
-	$(PY) -m services.report
+	$(PY) -m tools.report
 
 bench: venv generated/.stamp
 	$(PY) -m tests.bench

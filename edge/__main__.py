@@ -26,7 +26,7 @@ class RedactTokens(logging.Filter):
 
 def main() -> None:
     settings = load_settings("edge")
-    setup_logging("edge", settings.log_dir)
+    setup_logging("edge", settings.process.log_dir)
     logging.getLogger("uvicorn.error").addFilter(RedactTokens())
     app = create_app(settings)
     # Everything built so far lives as long as the process: keep it out of the cyclic GC's full passes, which
@@ -34,14 +34,14 @@ def main() -> None:
     gc.freeze()
     uvicorn.run(
         app,
-        host=settings.host,
-        port=settings.port,
+        host=settings.process.host,
+        port=settings.process.port,
         loop="uvloop",
         http="httptools",
         access_log=False,
         log_config=None,  # keep the JSON logging set up above
         workers=1,
-        ws_max_size=settings.max_body_bytes,
+        ws_max_size=settings.edge.max_body_bytes,
         # No permessage-deflate (Centrifugo's and Phoenix's default too): compressing every frame once per
         # socket was a quarter of the edge's CPU in the realtime fan-out bench, for small JSON frames.
         ws_per_message_deflate=False,

@@ -8,27 +8,21 @@ sent is copied through, so a client `x-tenant-id` never reaches a service.
 
 from __future__ import annotations
 
-import logging
 import re
 import uuid
 from typing import Any
 
 import grpc
-import orjson
-from google.protobuf.descriptor import ServiceDescriptor
-from prometheus_client import Counter
 from starlette.types import Scope
 
 from edge import codec
+from edge.errors import BackendCallFailed
 from launchpad.auth.v1 import auth_pb2
 from services.core.clients import CHANNEL_OPTIONS
 from services.core.config import Settings
 from services.core.context import Principal
-from services.core.errors import Code, InvalidArgument, ServiceError, Unauthenticated
-from services.core.interceptors import DETAILS_KEY
+from services.core.errors import InvalidArgument, Unauthenticated
 from services.core.tokens import RefreshingKeys, TokenVerifier
-
-log = logging.getLogger("launchpad.edge")
 
 _MAX_MESSAGE = 8 * 1024 * 1024
 _CHANNEL_OPTIONS = (
@@ -42,14 +36,6 @@ JWKS_TIMEOUT_S = 3.0
 _TIMEOUT = re.compile(r"(\d{1,8})([HMSmun])")
 _UNIT_SECONDS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _GET_JWKS = "/launchpad.auth.v1.AuthService/GetJwks"
-
-
-def service_name(service: ServiceDescriptor) -> str:
-    """Which backend serves a contract: package launchpad.<name>.v1 -> "<name>"."""
-    parts = service.full_name.split(".")
-    if len(parts) < 4 or parts[0] != "launchpad":
-        raise ValueError(f"{service.full_name} is not a launchpad.<service>.v1 contract")
-    return parts[1]
 
 
 class Backends:
@@ -145,66 +131,7 @@ class JwksSource:
 
 def make_verifier(settings: Settings, jwks: JwksSource) -> TokenVerifier:
     """ES256 verification with keys from the auth service (refreshed on an unknown kid)."""
-    return TokenVerifier(RefreshingKeys(jwks), settings.jwt_issuer, settings.jwt_audience)
-
-
-# ------------------------------------------------------------------------------------------- errors
-
-BACKEND_ERRORS = Counter(
-    "launchpad_edge_backend_errors_total",
-    "Backend calls that failed, by service and gRPC code",
-    ["service", "code"],
-)
-# The channel's own failures (backend down, connection lost), as opposed to an UNAVAILABLE a service chose.
-# Matched at the start only: gRPC's own messages begin so, while a service's UNAVAILABLE names its dependency
-# first and may quote a driver further on ("PostgreSQL is not available: ... Connection refused").
-_TRANSPORT_FAILURE = re.compile(
-    r"failed to connect|connection refused|connections to all backends failing|socket closed|"
-    r"connection reset|dns resolution failed|broken pipe|end of tcp stream",
-    re.IGNORECASE,
-)
-_INTERNAL_CODES = frozenset({Code.UNKNOWN, Code.INTERNAL, Code.DATA_LOSS})
-
-
-def describe_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> tuple[Code, str, list[Any]]:
-    """(code, client-safe message, structured details) of a failed backend call.
-
-    Messages of client errors come from the service verbatim; transport failures name the service instead of
-    echoing addresses; internal errors never repeat what the backend said (it may describe its internals).
-    """
-    code = Code(exc.code().value[0])
-    message = exc.details() or code.name
-    BACKEND_ERRORS.labels(service, code.name).inc()
-    if code == Code.UNAVAILABLE and _TRANSPORT_FAILURE.match(message):
-        log.warning("edge: %s service unreachable: %s", service, message)
-        message = f"the {service} service is unavailable (cannot connect)"
-    elif code == Code.DEADLINE_EXCEEDED and message == "Deadline Exceeded":
-        message = f"the {service} service did not answer before the deadline"
-    elif code in _INTERNAL_CODES:
-        log.error("edge: %s service failed with %s: %s", service, code.name, message)
-        message = f"internal error in the {service} service"
-    return code, message, _details(exc)
-
-
-def _details(exc: grpc.aio.AioRpcError) -> list[Any]:
-    for key, value in exc.trailing_metadata() or ():
-        if key == DETAILS_KEY:
-            try:
-                details = orjson.loads(value)
-            except orjson.JSONDecodeError:
-                log.warning("edge: malformed %s trailer ignored", DETAILS_KEY)
-                return []
-            return details if isinstance(details, list) else [details]
-    return []
-
-
-class BackendCallFailed(ServiceError):
-    """A backend call failed while the edge served a request; carries the client-safe description."""
-
-    def __init__(self, exc: grpc.aio.AioRpcError, service: str) -> None:
-        code, message, details = describe_rpc_error(exc, service)
-        super().__init__(message, code=code)
-        self.detail_list = details
+    return TokenVerifier(RefreshingKeys(jwks), settings.auth.issuer, settings.auth.audience)
 
 
 async def authenticate(

@@ -1,8 +1,8 @@
 """GET /health (the backends' gRPC health and dependency modes) and GET /metrics (Prometheus).
 
-/health asks every backend in settings.backends (LAUNCHPAD_BACKENDS), concurrently and with a short deadline, for its
-grpc.health.v1 status and its StatusService dependencies. One answer is shared for CACHE_S and concurrent
-requests wait for the same check, so /health cannot be used to put load on the backends.
+/health asks every backend in settings.peers.backends (LAUNCHPAD_BACKENDS), concurrently and with a short
+deadline, for its grpc.health.v1 status and its StatusService dependencies. One answer is shared for CACHE_S
+and concurrent requests wait for the same check, so /health cannot be used to put load on the backends.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 import grpc
 import orjson
 from grpc_health.v1 import health_pb2
-from prometheus_client import REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from edge import codec
 from edge.clients import Backends
@@ -29,17 +29,6 @@ _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _GET_STATUS = "/launchpad.api.v1.StatusService/GetStatus"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _EMBEDDED_MODES = frozenset({"embedded", "fallback"})
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-HTTP_REQUESTS = Counter(
-    "launchpad_edge_http_requests_total", "HTTP requests answered by the edge", ["route", "method", "status"]
-)
-HTTP_SECONDS = Histogram(
-    "launchpad_edge_http_request_duration_seconds",
-    "Time from request to the end of the response",
-    ["route"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
 
 
 class HealthChecker:
@@ -132,52 +121,3 @@ async def _send(send: Send, status: int, body: bytes, content_type: bytes) -> No
     headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-class HttpMetricsMiddleware:
-    """Counts every HTTP answer (including the middleware's 4xx) by route template, method and status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._timers: dict[str, Any] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            method = scope["method"] if scope["method"] in _METHODS else "OTHER"  # bounded label values
-            self._observe(_route_label(scope), method, status, time.perf_counter() - started)
-
-    def _observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        counter = self._counters.get((route, method, status))
-        if counter is None:
-            counter = self._counters[(route, method, status)] = HTTP_REQUESTS.labels(
-                route, method, str(status)
-            )
-        counter.inc()
-        timer = self._timers.get(route)
-        if timer is None:
-            timer = self._timers[route] = HTTP_SECONDS.labels(route)
-        timer.observe(seconds)
-
-
-def _route_label(scope: Scope) -> str:
-    """The contract's path template for RPC routes, the route path otherwise; never the raw URL."""
-    label = getattr(scope.get("endpoint"), "metrics_label", None)
-    if label:
-        return label
-    route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"

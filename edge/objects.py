@@ -1,85 +1,96 @@
-"""The embedded object store's signed URLs: GET and PUT /storage/v1/object/{bucket}/{key}.
+"""Byte-stream routes: the embedded object store's signed URLs, GET and PUT /storage/v1/object/{bucket}/{key}.
 
-The storage service signs these URLs (CreateSignedUrl) and verifies them (ReadObject/WriteObject); the edge
-only streams: request body chunks into WriteObject, ReadObject's chunks into the response, never the whole
-object in memory. The bytes are opaque data authorized by the URL's HMAC, so the WAF does not inspect these
-routes, and their body limit is the upload limit (LAUNCHPAD_MAX_UPLOAD_BYTES) instead of the 2 MB API limit.
+The routes come from the storage contract: ReadObject and WriteObject carry the (launchpad.api.v1.byte_stream)
+option (the path template) and the (launchpad.api.v1.edge) rule: both are exempt from the WAF, and the upload
+(PUT) also from the JSON content type, with the upload body limit. The storage service signs these URLs
+(CreateSignedUrl) and verifies them (ReadObject/WriteObject); the edge only streams: request body chunks into
+WriteObject, ReadObject's chunks into the response, never the whole object in memory. The messages are the
+storage contract's (specs.byte_stream_spec refuses a byte_stream on any others). A failure after the headers
+went out can only cut the body short: it is raised, described, for ErrorGuard to log.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from collections.abc import AsyncIterator
+from itertools import groupby
 from typing import Any
 
 import grpc
 import orjson
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from edge import codec
-from edge.clients import BackendCallFailed, call_metadata, client_ip
-from edge.errors import ResponseTracker, request_id_of, send_error
-from edge.middleware import BodyLimitMiddleware, header
-from edge.routes import EdgeContext, _query_params
+from edge.clients import call_metadata, client_ip
+from edge.errors import BackendCallFailed, ResponseTracker, request_id_of, send_api_error, send_error
+from edge.middleware.headers import header
+from edge.transcoding.context import EdgeContext
+from edge.transcoding.request import ClientGone, query_params
+from edge.transcoding.rules import NO_RULE, RouteRule
+from edge.transcoding.specs import ByteStreamSpec
 from launchpad.storage.v1 import storage_pb2
 from services.core.errors import Code
 
-log = logging.getLogger("launchpad.edge")
-
-PREFIX = "/storage/v1/object/"
-_METHODS = storage_pb2.DESCRIPTOR.services_by_name["StorageService"].methods_by_name
 _encode_write = codec.encoder(storage_pb2.WriteObjectResponse.DESCRIPTOR)
 
 
-class ClientGone(Exception):
-    """The client disconnected mid-upload: the WriteObject call is cancelled and nothing is stored."""
+class _Route:
+    """One byte-stream spec, with the setters that fill the signature from its path variables."""
 
+    def __init__(self, spec: ByteStreamSpec) -> None:
+        self.spec = spec
+        self.path_setters = [(v.param, codec.text_setter(v.fields)) for v in spec.variables]
 
-def _signature(scope: Scope) -> storage_pb2.UrlSignature:
-    query = {name: values[-1] for name, values in _query_params(scope.get("query_string", b"")).items()}
-    expires = query.get("expires", "0")
-    return storage_pb2.UrlSignature(
-        tenant=query.get("tenant", ""),
-        bucket=scope["path_params"]["bucket"],
-        key=scope["path_params"]["key"],
-        method=query.get("method", ""),
-        expires=int(expires) if expires.isdigit() and len(expires) < 19 else 0,
-        content_type=query.get("ct", ""),
-        signature=query.get("sig", ""),
-    )
+    def signature(self, scope: Scope) -> storage_pb2.UrlSignature:
+        query = {name: values[-1] for name, values in query_params(scope.get("query_string", b"")).items()}
+        expires = query.get("expires", "0")
+        signature = storage_pb2.UrlSignature(
+            tenant=query.get("tenant", ""),
+            method=query.get("method", ""),
+            expires=int(expires) if expires.isdigit() and len(expires) < 19 else 0,
+            content_type=query.get("ct", ""),
+            signature=query.get("sig", ""),
+        )
+        for param, setter in self.path_setters:
+            setter(signature, [scope["path_params"][param]])
+        return signature
 
 
 class ObjectEndpoint:
     """ASGI endpoint for both methods; backend and signature errors answer in the edge's JSON error shape."""
 
-    metrics_label = "/storage/v1/object/{bucket}/{key}"
-
-    def __init__(self, ctx: EdgeContext) -> None:
+    def __init__(self, ctx: EdgeContext, specs: list[ByteStreamSpec]) -> None:
         self.ctx = ctx
+        self.routes = {spec.http_method: _Route(spec) for spec in specs}
+        self.metrics_label = specs[0].openapi_path
+
+    def rule_for(self, http_method: str) -> RouteRule:
+        route = self.routes.get(_verb(http_method))
+        return route.spec.rule if route is not None else NO_RULE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = request_id_of(scope) or uuid.uuid4().hex
         metadata = call_metadata(request_id, None, None, client_ip(scope))
         tracking_send = ResponseTracker(send)
+        route = self.routes[_verb(scope["method"])]
         try:
             if scope["method"] == "PUT":
-                await self._put(scope, receive, tracking_send, metadata)
+                await self._put(route, scope, receive, tracking_send, metadata)
             else:
-                await self._get(scope, tracking_send, metadata)
+                await self._get(route, scope, tracking_send, metadata)
         except ClientGone:
             return
         except grpc.aio.AioRpcError as exc:
+            failed = BackendCallFailed(exc, route.spec.service)
             if tracking_send.started:
-                raise  # headers are out: the server aborts the connection, the client sees a short body
-            failure = BackendCallFailed(exc, "storage")
-            await send_error(send, failure.code, failure.message, request_id, details=failure.detail_list)
+                raise failed from exc  # headers are out: ErrorGuard logs it, the client sees a short body
+            await send_api_error(send, failed.error, request_id)
 
-    async def _get(self, scope: Scope, send: Send, metadata: Any) -> None:
-        read = self.ctx.multicallable("storage", _METHODS["ReadObject"])
-        call = read(storage_pb2.ReadObjectRequest(signature=_signature(scope)), metadata=metadata)
+    async def _get(self, route: _Route, scope: Scope, send: Send, metadata: Any) -> None:
+        read = self.ctx.multicallable(route.spec.service, route.spec.method)
+        call = read(storage_pb2.ReadObjectRequest(signature=route.signature(scope)), metadata=metadata)
         stream = aiter(call)
         first = await anext(stream)  # errors (403, 404) arrive here, before any header is sent
         info = first.info
@@ -94,8 +105,8 @@ class ObjectEndpoint:
             await send({"type": "http.response.body", "body": message.data, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _put(self, scope: Scope, receive: Receive, send: Send, metadata: Any) -> None:
-        signature = _signature(scope)
+    async def _put(self, route: _Route, scope: Scope, receive: Receive, send: Send, metadata: Any) -> None:
+        signature = route.signature(scope)
         sent = (header(scope, b"content-type") or b"").decode("latin-1").strip()
         if signature.content_type and sent != signature.content_type:
             await send_error(
@@ -124,7 +135,7 @@ class ObjectEndpoint:
                 failure.append(exc)
                 calls[0].cancel()
 
-        write = self.ctx.multicallable("storage", _METHODS["WriteObject"])
+        write = self.ctx.multicallable(route.spec.service, route.spec.method)
         calls.append(write(requests(), metadata=metadata))
         try:
             response = await calls[0]
@@ -138,38 +149,16 @@ class ObjectEndpoint:
         await send({"type": "http.response.body", "body": data})
 
 
-def object_routes(ctx: EdgeContext) -> list[Route]:
-    endpoint = ObjectEndpoint(ctx)
-    return [Route(PREFIX + "{bucket}/{key:path}", endpoint, methods=["GET", "PUT"])]
+def _verb(http_method: str) -> str:
+    return "PUT" if http_method == "PUT" else "GET"  # HEAD is answered as GET
 
 
-class BodyLimits:
-    """BodyLimitMiddleware with the upload limit on the object routes and the API limit everywhere else."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int, upload_bytes: int) -> None:
-        self.api = BodyLimitMiddleware(app, max_bytes)
-        self.uploads = BodyLimitMiddleware(app, upload_bytes)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith(PREFIX):
-            await self.uploads(scope, receive, send)
-        else:
-            await self.api(scope, receive, send)
-
-
-def outside_uploads(cls: Any) -> Any:
-    """Wraps a middleware class so that the object routes bypass it (the WAF: their bodies are opaque data)."""
-
-    class Wrapped:
-        def __init__(self, app: ASGIApp, **options: Any) -> None:
-            self.app = app
-            self.inner = cls(app, **options)
-
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http" and scope["path"].startswith(PREFIX):
-                await self.app(scope, receive, send)
-            else:
-                await self.inner(scope, receive, send)
-
-    Wrapped.__name__ = f"{cls.__name__}OutsideUploads"
-    return Wrapped
+def object_routes(ctx: EdgeContext, specs: list[ByteStreamSpec]) -> list[Route]:
+    """One route per byte-stream path, answering each verb its contract declares (405 for the others)."""
+    by_path = sorted(specs, key=lambda spec: spec.path)
+    routes = []
+    for path, group in groupby(by_path, key=lambda spec: spec.path):
+        same_path = list(group)
+        methods = [spec.http_method for spec in same_path]
+        routes.append(Route(path, ObjectEndpoint(ctx, same_path), methods=methods))
+    return routes

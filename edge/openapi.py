@@ -11,7 +11,7 @@ from typing import Any
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from edge import codec
-from edge.routes import RouteSpec, WebSocketSpec
+from edge.transcoding.specs import RouteSpec, WebSocketSpec
 
 F = FieldDescriptor
 _REF = "#/components/schemas/"

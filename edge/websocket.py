@@ -7,8 +7,10 @@
   or change a filter without reconnecting.
 - Auth: the JWT from the `token` query parameter (browsers cannot set headers on a WebSocket) or the
   Authorization header, verified before any frame is read; failure -> close 1008.
-- A frame that is not valid JSON for the request message gets an error frame
-  {"type": "error", "error": {"code", "message"}}; the stream goes on.
+- Error frames are the edge's (errors.socket_error_text): {"type": "error", "error": {"code": <name>,
+  "message", "details"?}}, no topic; details are there when the error has any (a frame that is not valid JSON
+  for the request message names the field: [{"field", "description"}]).
+- A frame that is not valid JSON for the request message gets an error frame; the stream goes on.
 - Backend errors: an error frame, then a close code that says what to do (1008 the request or the caller is
   refused, 1013 try again later, 1011 internal).
 - Nothing is buffered without bound: the bridge reads the next frame only after the previous one was written
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import uuid
 from typing import Any
 
@@ -31,48 +32,22 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from edge import codec
-from edge.clients import BackendCallFailed, call_metadata, client_ip
-from edge.errors import request_id_of
-from edge.routes import EdgeContext, WebSocketSpec
+from edge.clients import call_metadata, client_ip
+from edge.errors import (
+    NORMAL,
+    ApiError,
+    api_error,
+    close_code,
+    close_reason,
+    request_id_of,
+    socket_error_text,
+)
+from edge.transcoding.context import EdgeContext
+from edge.transcoding.specs import WebSocketSpec
 from services.core.context import Principal
-from services.core.errors import Code, ServiceError
-
-log = logging.getLogger("launchpad.edge.ws")
+from services.core.errors import ServiceError
 
 OPEN_SOCKETS = Gauge("launchpad_edge_websockets_open", "Open WebSocket bridges", ["path"])
-
-NORMAL, GOING_AWAY, POLICY, INTERNAL, TRY_AGAIN = 1000, 1001, 1008, 1011, 1013
-_CLOSE_CODES = {
-    Code.OK: NORMAL,
-    Code.CANCELLED: GOING_AWAY,
-    Code.INVALID_ARGUMENT: POLICY,
-    Code.NOT_FOUND: POLICY,
-    Code.ALREADY_EXISTS: POLICY,
-    Code.PERMISSION_DENIED: POLICY,
-    Code.FAILED_PRECONDITION: POLICY,
-    Code.OUT_OF_RANGE: POLICY,
-    Code.UNAUTHENTICATED: POLICY,
-    Code.RESOURCE_EXHAUSTED: TRY_AGAIN,
-    Code.ABORTED: TRY_AGAIN,
-    Code.DEADLINE_EXCEEDED: TRY_AGAIN,
-    Code.UNAVAILABLE: TRY_AGAIN,
-}
-_MAX_REASON = 120  # a close reason is at most 123 bytes
-
-
-def close_code(code: Code) -> int:
-    return _CLOSE_CODES.get(code, INTERNAL)
-
-
-def error_frame(code: Code, message: str, details: list[Any] | None = None) -> str:
-    error: dict[str, Any] = {"code": code.name, "message": message}
-    if details:
-        error["details"] = details
-    return orjson.dumps({"type": "error", "error": error}).decode()
-
-
-def _reason(message: str) -> str:
-    return message.encode()[:_MAX_REASON].decode(errors="ignore")
 
 
 class Disconnected(Exception):
@@ -114,19 +89,20 @@ class Session:
             try:
                 self.decode(request, codec.parse_json(raw), "")
             except codec.CodecError as exc:
-                await self.send(error_frame(Code.INVALID_ARGUMENT, str(exc), [{"field": exc.field}]))
+                await self.send(socket_error_text(api_error(exc, "")))
                 continue
             return request
 
-    async def fail(self, code: Code, message: str, details: list[Any] | None = None) -> None:
+    async def fail_with(self, error: ApiError) -> None:
+        """The error frame, then the close code that says what to do."""
         with contextlib.suppress(Exception):  # the client may already be gone
-            await self.send(error_frame(code, message, details))
-        await self.close(close_code(code), message)
+            await self.send(socket_error_text(error))
+        await self.close(close_code(error.code), error.message)
 
     async def close(self, code: int, reason: str = "") -> None:
         if self.ws.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
-                await self.ws.close(code, _reason(reason))
+                await self.ws.close(code, close_reason(reason))
 
 
 class WebSocketBridge:
@@ -151,13 +127,9 @@ class WebSocketBridge:
         try:
             metadata = await self._metadata(ws, request_id)
             first = None if self.bidi else self._query_request(ws)
-        except ServiceError as exc:  # 401-like: refused before any frame is read (close 1008)
+        except (ServiceError, codec.CodecError) as exc:  # refused before any frame is read (close 1008)
             await ws.accept()
-            await session.fail(exc.code, exc.message)
-            return
-        except codec.CodecError as exc:
-            await ws.accept()
-            await session.fail(Code.INVALID_ARGUMENT, str(exc), [{"field": exc.field}])
+            await session.fail_with(api_error(exc, request_id))
             return
         await ws.accept()
         gauge = OPEN_SOCKETS.labels(self.spec.path)
@@ -190,12 +162,8 @@ class WebSocketBridge:
                 await self._server_stream(session, stub, metadata, first)
         except Disconnected:
             return
-        except grpc.aio.AioRpcError as exc:
-            failure = BackendCallFailed(exc, self.spec.service)
-            await session.fail(failure.code, failure.message, failure.detail_list)
-        except Exception:
-            log.exception("edge: websocket bridge failed", extra={"request_id": request_id})
-            await session.fail(Code.INTERNAL, f"internal error (request id {request_id})")
+        except Exception as exc:
+            await session.fail_with(api_error(exc, request_id, self.spec.service, "a websocket bridge"))
         else:
             await session.close(NORMAL, "stream ended")
 

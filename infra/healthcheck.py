@@ -43,7 +43,7 @@ def http_ok(url: str) -> bool:
 def main() -> int:
     service = os.environ.get("LAUNCHPAD_SERVICE", "")
     try:
-        port = load_settings(service).port
+        port = load_settings(service).process.port
     except ConfigError as exc:
         print(f"healthcheck: {exc}", file=sys.stderr)
         return 1

@@ -71,11 +71,11 @@ class Stack:
                 raise RuntimeError(f"{name} exited with code {proc.returncode} (see reports/logs/{name}.log)")
 
     def address(self, name: str) -> str:
-        return _settings(self.env, name).address(name)
+        return _settings(self.env, name).peers.address(name)
 
     @property
     def edge_url(self) -> str:
-        return f"http://127.0.0.1:{_settings(self.env, 'edge').port}"
+        return f"http://127.0.0.1:{_settings(self.env, 'edge').process.port}"
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -161,10 +161,10 @@ def _print_ready(stack: Stack) -> None:
         address = stack.address(name)
         port = int(address.rsplit(":", 1)[1])
         lines.append(f"  {name:<9} gRPC {address}   metrics http://127.0.0.1:{port + 1000}/metrics")
-    password_file = settings.data_dir / "auth" / "initial-admin-password"
+    password_file = settings.process.data_dir / "auth" / "initial-admin-password"
     if password_file.exists():
         lines.append(f"  first admin: user 'admin', password in {password_file}")
-    lines.append(f"  logs: {settings.log_dir}/<service>.log   audit: {settings.audit_path}")
+    lines.append(f"  logs: {settings.process.log_dir}/<service>.log   audit: {settings.process.audit_path}")
     lines.append("Ctrl-C stops everything.")
     print("\n".join(lines), flush=True)
 

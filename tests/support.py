@@ -22,7 +22,7 @@ from jwt.algorithms import ECAlgorithm
 from services.core.config import load_settings
 from services.core.server import Runtime, ServiceSpec, create_server, new_runtime
 from services.core.tokens import StaticKeys
-from services.data.pg_backend import tenant_database_prefix
+from services.data.pg_provision import tenant_database_prefix
 
 ISSUER, AUDIENCE = "launchpad-auth", "launchpad"
 TEST_KID = "test-key-1"

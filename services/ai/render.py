@@ -1,192 +1,152 @@
-"""SQL text and English explanations for a finished Reading of the embedded generator."""
+"""SQL text and an English explanation for a Query of the embedded generator.
+
+One text serves both backends: everything written (NULLS LAST, substr of CAST(... AS TEXT), LIKE ... ESCAPE,
+calendar ranges compared as ISO text) means the same on PostgreSQL and SQLite.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from services.ai.schema import singular
+from services.ai.query import Agg, Bucket, Cond, Exists, GroupKey, Join, Order, Query, Ref, Rows, singular_of
 from services.ai.words import word_set
 
-if TYPE_CHECKING:
-    from services.ai.embedded import Reading
 
-# --- What the question asks for -------------------------------------------------------------------------
-
-Ref = tuple[str, str]  # (table, column)
-
-
-@dataclass(frozen=True, slots=True)
-class Agg:
-    func: str  # COUNT, SUM, AVG, MAX, MIN
-    ref: Ref | None  # None: COUNT(*)
-    alias: str
-
-
-@dataclass(frozen=True, slots=True)
-class Cond:
-    ref: Ref
-    op: str  # = <> > >= < <= BETWEEN IN CONTAINS STARTS ENDS
-    values: tuple[object, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Bucket:
-    ref: Ref
-    width: int  # characters of the ISO timestamp: 4 year, 7 month, 10 day
-    alias: str
+def render(query: Query) -> str:
+    distinct = query.distinct or (query.fans_out and not (query.aggs or query.groups))
+    parts = [
+        f"SELECT {'DISTINCT ' if distinct else ''}{', '.join(_select_items(query))}",
+        f"FROM {ident(query.main)}",
+    ]
+    parts += [_join(join) for join in query.joins]
+    where = [_cond(query, c) for c in query.conds] + [_exists(query.main, e) for e in query.exists]
+    if where:
+        parts.append("WHERE " + " AND ".join(where))
+    groups = [item for g in query.groups for item in _group_columns(query, g)[1]]
+    if groups:
+        parts.append("GROUP BY " + ", ".join(groups))
+    if query.order:
+        parts.append("ORDER BY " + ", ".join(_order_item(query, o) for o in query.order))
+    if query.limit is not None:
+        parts.append(f"LIMIT {query.limit}")
+    return "\n".join(parts)
 
 
-GroupKey = Ref | Bucket | str  # a column, a time bucket, or a whole table (its key and name)
-OrderKey = Ref | Agg | Bucket
+def explain(query: Query) -> str:
+    what = [_describe_agg(a, query.main) for a in query.aggs] or [
+        ", ".join(f"{t}.{c}" for t, c in query.select) if query.select else f"the rows of {query.main}"
+    ]
+    text = "Shows " + " and ".join(what)
+    if query.distinct:
+        text += " (each different value once)"
+    if query.shown:
+        text += ", with " + ", ".join(f"the {label} of its {t}" for t, label in query.shown)
+    if query.groups:
+        text += ", for each " + ", ".join(_describe_group(g) for g in query.groups)
+    for join in query.joins:
+        pairs = _pairs(join.source, join.mine, join.target, join.theirs, ", ", quote=False)
+        text += f", joining {join.target} on {pairs}"
+    conditions = [_cond(query, c) for c in query.conds]
+    conditions += [f"{'no' if e.negated else 'some'} rows in {e.child} refer to it" for e in query.exists]
+    if conditions:
+        text += ", where " + " and ".join(conditions)
+    if query.order:
+        text += ", " + ", then ".join(_describe_order(o) for o in query.order)
+    if query.limit is not None:
+        text += f", first {query.limit} row{'s' if query.limit != 1 else ''} only"
+    return text + "."
 
 
-class Sql:
-    """Renders a finished Reading as SQL text and as an English explanation."""
+# --- Pieces of the statement ------------------------------------------------------------------------------
 
-    def __init__(self, reading: Reading) -> None:
-        self.r = reading
-        self.joins: list[tuple[str, str, tuple[str, ...], tuple[str, ...], bool]] = []
-        for table in self._tables():
-            for step in reading.index.path(reading.main, table):
-                if step[1] not in {j[1] for j in self.joins}:
-                    self.joins.append(step)
-        self.qualified = bool(self.joins)
-        self.fans_out = any(child for *_, child in self.joins)  # a child table repeats the main rows
 
-    def _tables(self) -> list[str]:
-        r = self.r
-        refs: list[Ref] = [*r.select, *(c.ref for c in r.conds), *(a.ref for a in r.aggs if a.ref)]
-        refs += [k if isinstance(k, tuple) else k.ref for k, _ in r.order if not isinstance(k, Agg)]
-        refs += [g if isinstance(g, tuple) else g.ref for g in r.groups if not isinstance(g, str)]
-        tables = [t for t, _ in refs] + [g for g in r.groups if isinstance(g, str)] + r.shown
-        return [t for i, t in enumerate(tables) if t != r.main and t not in tables[:i]]
+def _name(query: Query, ref: Ref) -> str:
+    """A column, table-qualified once the statement joins."""
+    return f"{ident(ref[0])}.{ident(ref[1])}" if query.joins else ident(ref[1])
 
-    # -- pieces
 
-    def name(self, ref: Ref) -> str:
-        return f"{ident(ref[0])}.{ident(ref[1])}" if self.qualified else ident(ref[1])
+def _shown(query: Query, ref: Ref) -> str:
+    """A column in the select list: columns of other tables get a table-prefixed name."""
+    if ref[0] == query.main or not query.joins:
+        return _name(query, ref)
+    return f"{_name(query, ref)} AS {ident(f'{singular_of(ref[0])}_{ref[1]}')}"
 
-    def shown(self, ref: Ref) -> str:
-        """A column in the select list: columns of other tables get a table-prefixed name."""
-        if ref[0] == self.r.main or not self.qualified:
-            return self.name(ref)
-        return f"{self.name(ref)} AS {ident(f'{singular_of(ref[0])}_{ref[1]}')}"
 
-    def agg(self, agg: Agg) -> str:
-        if agg.ref is not None:
-            return f"{agg.func}({self.name(agg.ref)})"
-        key = self.r.key_of(self.r.main)
-        if self.fans_out and not self.r.groups and len(key) == 1:
-            return f"COUNT(DISTINCT {self.name((self.r.main, key[0]))})"
-        return "COUNT(*)"
+def _agg(query: Query, agg: Agg) -> str:
+    if agg.ref is not None:
+        return f"{agg.func}({_name(query, agg.ref)})"
+    if query.fans_out and not query.groups and len(query.main_key) == 1:
+        return f"COUNT(DISTINCT {_name(query, (query.main, query.main_key[0]))})"
+    return "COUNT(*)"
 
-    def group_columns(self, key: GroupKey) -> tuple[list[str], list[str]]:
-        """(select items, GROUP BY items) of one group key."""
-        if isinstance(key, Bucket):
-            expr = f"substr(CAST({self.name(key.ref)} AS TEXT), 1, {key.width})"
-            return [f"{expr} AS {ident(key.alias)}"], [expr]
-        if isinstance(key, str):
-            label = (key, self.r.label_of(key))
-            keys = [self.name((key, k)) for k in self.r.key_of(key) if k != label[1]]
-            return [self.shown(label)], [*keys, self.name(label)]
-        return [self.shown(key)], [self.name(key)]
 
-    def cond(self, cond: Cond) -> str:
-        column, values = self.name(cond.ref), [literal(v) for v in cond.values]
-        if cond.op in ("IN", "NOT IN"):
-            return f"{column} {cond.op} ({', '.join(values)})"
-        if cond.op in ("BETWEEN", "NOT BETWEEN"):
-            return f"{column} {cond.op} {values[0]} AND {values[1]}"
-        if cond.op.endswith(("CONTAINS", "STARTS", "ENDS")):
-            word = _escape_like(str(cond.values[0]).lower())
-            pattern = {"CONTAINS": f"%{word}%", "STARTS": f"{word}%", "ENDS": f"%{word}"}[cond.op.split()[-1]]
-            negation = "NOT " if cond.op.startswith("NOT") else ""
-            return f"lower({column}) {negation}LIKE {literal(pattern)} ESCAPE '\\'"
-        return f"{column} {cond.op} {values[0]}"
+def _group_columns(query: Query, key: GroupKey) -> tuple[list[str], list[str]]:
+    """(select items, GROUP BY items) of one group key."""
+    if isinstance(key, Bucket):
+        expr = f"substr(CAST({_name(query, key.ref)} AS TEXT), 1, {key.width})"
+        return [f"{expr} AS {ident(key.alias)}"], [expr]
+    if isinstance(key, Rows):
+        label = (key.table, key.label)
+        keys = [_name(query, (key.table, k)) for k in key.key if k != key.label]
+        return [_shown(query, label)], [*keys, _name(query, label)]
+    return [_shown(query, key)], [_name(query, key)]
 
-    def exists(self, child: str, negated: bool) -> str:
-        main = self.r.main
-        link = next(step for step in self.r.index.links[main] if step[0] == child and step[3])
-        _, mine, theirs, _ = link
-        on = " AND ".join(
-            f"{ident(child)}.{ident(t)} = {ident(main)}.{ident(m)}" for m, t in zip(mine, theirs, strict=True)
-        )
-        return f"{'NOT ' if negated else ''}EXISTS (SELECT 1 FROM {ident(child)} WHERE {on})"
 
-    def join(self, step: tuple[str, str, tuple[str, ...], tuple[str, ...], bool]) -> str:
-        source, target, mine, theirs, _ = step
-        on = " AND ".join(
-            f"{ident(target)}.{ident(t)} = {ident(source)}.{ident(m)}"
-            for m, t in zip(mine, theirs, strict=True)
-        )
-        return f"JOIN {ident(target)} ON {on}"
+def _select_items(query: Query) -> list[str]:
+    if query.aggs or query.groups:
+        items = [item for g in query.groups for item in _group_columns(query, g)[0]]
+        return items + [f"{_agg(query, a)} AS {ident(a.alias)}" for a in query.aggs]
+    star = f"{ident(query.main)}.*" if query.joins else "*"
+    labels = [_shown(query, ref) for ref in query.shown]
+    if not query.select:
+        return [star, *labels]
+    selected = [_shown(query, ref) for ref in query.select]
+    if query.main_named and all(ref[0] != query.main for ref in query.select):
+        return [star, *selected, *labels]
+    return [*selected, *labels]
 
-    def order_item(self, key: OrderKey, desc: bool) -> str:
-        expr = ident(key.alias) if isinstance(key, Agg | Bucket) else self.name(key)
-        return f"{expr} {'DESC' if desc else 'ASC'} NULLS LAST"
 
-    def select_items(self) -> list[str]:
-        r = self.r
-        if r.aggs or r.groups:
-            items = [item for g in r.groups for item in self.group_columns(g)[0]]
-            return items + [f"{self.agg(a)} AS {ident(a.alias)}" for a in r.aggs]
-        star = f"{ident(r.main)}.*" if self.qualified else "*"
-        labels = [self.shown((t, r.label_of(t))) for t in r.shown]
-        if not r.select:
-            return [star, *labels]
-        if r.main_named and all(ref[0] != r.main for ref in r.select):
-            return [star, *(self.shown(ref) for ref in r.select), *labels]
-        return [*(self.shown(ref) for ref in r.select), *labels]
+def _cond(query: Query, cond: Cond) -> str:
+    column, values = _name(query, cond.ref), [literal(v) for v in cond.values]
+    if cond.op in ("IN", "NOT IN"):
+        return f"{column} {cond.op} ({', '.join(values)})"
+    if cond.op in ("BETWEEN", "NOT BETWEEN"):
+        return f"{column} {cond.op} {values[0]} AND {values[1]}"
+    if cond.op.endswith(("CONTAINS", "STARTS", "ENDS")):
+        word = _escape_like(str(cond.values[0]).lower())
+        pattern = {"CONTAINS": f"%{word}%", "STARTS": f"{word}%", "ENDS": f"%{word}"}[cond.op.split()[-1]]
+        negation = "NOT " if cond.op.startswith("NOT") else ""
+        return f"lower({column}) {negation}LIKE {literal(pattern)} ESCAPE '\\'"
+    return f"{column} {cond.op} {values[0]}"
 
-    # -- the whole
 
-    def render(self) -> str:
-        r = self.r
-        distinct = r.distinct or (self.fans_out and not (r.aggs or r.groups))
-        parts = [
-            f"SELECT {'DISTINCT ' if distinct else ''}{', '.join(self.select_items())}",
-            f"FROM {ident(r.main)}",
-        ]
-        parts += [self.join(step) for step in self.joins]
-        where = [self.cond(c) for c in r.conds] + [self.exists(t, n) for t, n in r.exists]
-        if where:
-            parts.append("WHERE " + " AND ".join(where))
-        groups = [item for g in r.groups for item in self.group_columns(g)[1]]
-        if groups:
-            parts.append("GROUP BY " + ", ".join(groups))
-        if r.order:
-            parts.append("ORDER BY " + ", ".join(self.order_item(k, d) for k, d in r.order))
-        if r.limit is not None:
-            parts.append(f"LIMIT {r.limit}")
-        return "\n".join(parts)
+def _exists(main: str, exists: Exists) -> str:
+    mine, theirs = zip(*exists.pairs, strict=True)
+    on = _pairs(exists.child, theirs, main, mine, " AND ")
+    return f"{'NOT ' if exists.negated else ''}EXISTS (SELECT 1 FROM {ident(exists.child)} WHERE {on})"
 
-    def explain(self) -> str:
-        r = self.r
-        what = [_describe_agg(a, r.main) for a in r.aggs] or [
-            ", ".join(f"{t}.{c}" for t, c in r.select) if r.select else f"the rows of {r.main}"
-        ]
-        text = "Shows " + " and ".join(what)
-        if r.distinct:
-            text += " (each different value once)"
-        if r.shown:
-            text += ", with " + ", ".join(f"the {r.label_of(t)} of its {t}" for t in r.shown)
-        if r.groups:
-            text += ", for each " + ", ".join(_describe_group(g) for g in r.groups)
-        for source, target, mine, theirs, _ in self.joins:
-            pairs = ", ".join(f"{source}.{m} = {target}.{t}" for m, t in zip(mine, theirs, strict=True))
-            text += f", joining {target} on {pairs}"
-        conditions = [self.cond(c) for c in r.conds]
-        conditions += [f"{'no' if n else 'some'} rows in {t} refer to it" for t, n in r.exists]
-        if conditions:
-            text += ", where " + " and ".join(conditions)
-        if r.order:
-            text += ", " + ", then ".join(_describe_order(k, d) for k, d in r.order)
-        if r.limit is not None:
-            text += f", first {r.limit} row{'s' if r.limit != 1 else ''} only"
-        return text + "."
 
+def _join(join: Join) -> str:
+    return f"JOIN {ident(join.target)} ON {_pairs(join.target, join.theirs, join.source, join.mine, ' AND ')}"
+
+
+def _pairs(
+    left: str, lefts: tuple[str, ...], right: str, rights: tuple[str, ...], sep: str, quote: bool = True
+) -> str:
+    """left.a = right.x, left.b = right.y: the column pairs of a foreign key."""
+    name = ident if quote else str
+    return sep.join(
+        f"{name(left)}.{name(a)} = {name(right)}.{name(b)}" for a, b in zip(lefts, rights, strict=True)
+    )
+
+
+def _order_item(query: Query, order: Order) -> str:
+    key = order.key
+    expr = ident(key.alias) if isinstance(key, Agg | Bucket) else _name(query, key)
+    return f"{expr} {'DESC' if order.desc else 'ASC'} NULLS LAST"
+
+
+# --- Names and values -------------------------------------------------------------------------------------
 
 RESERVED = word_set(
     """all analyse analyze and any array as asc asymmetric both case cast check collate column constraint
@@ -201,12 +161,6 @@ RESERVED = word_set(
 
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
-def singular_of(table: str) -> str:
-    """orders -> order, order_items -> order_item: names for the columns of other tables."""
-    head, sep, last = table.rpartition("_")
-    return f"{head}{sep}{singular(last.lower())}"
 
 
 def ident(name: str) -> str:
@@ -224,24 +178,34 @@ def literal(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
+# --- The explanation's words ------------------------------------------------------------------------------
+
+_AGG_NAMES = {
+    "COUNT": "the number of",
+    "SUM": "the sum of",
+    "AVG": "the average of",
+    "MAX": "the largest",
+    "MIN": "the smallest",
+}
+
+
 def _describe_agg(agg: Agg, main: str) -> str:
     if agg.ref is None:
         return f"the number of {main}"
-    names = {"COUNT": "the number of", "SUM": "the sum of", "AVG": "the average of", "MAX": "the largest"}
-    names["MIN"] = "the smallest"
     if agg.func == "COUNT":
         return f"the number of {agg.ref[0]}"
-    return f"{names[agg.func]} {agg.ref[0]}.{agg.ref[1]}"
+    return f"{_AGG_NAMES[agg.func]} {agg.ref[0]}.{agg.ref[1]}"
 
 
 def _describe_group(key: GroupKey) -> str:
     if isinstance(key, Bucket):
         return f"{key.alias} of {key.ref[0]}.{key.ref[1]}"
-    if isinstance(key, str):
-        return f"row of {key}"
+    if isinstance(key, Rows):
+        return f"row of {key.table}"
     return f"{key[0]}.{key[1]}"
 
 
-def _describe_order(key: OrderKey, desc: bool) -> str:
+def _describe_order(order: Order) -> str:
+    key = order.key
     name = key.alias if isinstance(key, Agg | Bucket) else f"{key[0]}.{key[1]}"
-    return f"sorted by {name}, {'highest or newest' if desc else 'lowest or oldest'} first"
+    return f"sorted by {name}, {'highest or newest' if order.desc else 'lowest or oldest'} first"

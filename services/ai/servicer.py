@@ -100,22 +100,22 @@ def _throttled(check: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[N
 async def open_model(runtime: Runtime) -> LlmClient | None:
     """The language model when OPENAI_KEY is set and it answers (DESIGN section 4's mode rule), else None."""
     settings = runtime.settings
-    configured = bool(settings.openai_key) and settings.simulation_mode is not True
+    configured = bool(settings.ai.key) and settings.process.simulation_mode is not True
     model = (
         LlmClient(
-            settings.openai_base_url,
-            settings.openai_key,
-            settings.openai_model,
-            settings.ai_timeout_ms / 1000,
+            settings.ai.base_url,
+            settings.ai.key.reveal(),
+            settings.ai.model,
+            settings.ai.timeout_ms / 1000,
         )
         if configured
         else None
     )
     reachable, why = await answers(model.ping) if model is not None else (False, "")
-    mode = select_mode(settings.simulation_mode, configured, reachable)
-    detail = f"OpenAI-compatible chat completions, model {settings.openai_model}"
+    mode = select_mode(settings.process.simulation_mode, configured, reachable)
+    detail = f"OpenAI-compatible chat completions, model {settings.ai.model}"
     if mode is Mode.LIVE and model is not None:
-        runtime.deps.add("llm", mode, settings.openai_base_url, detail=detail, check=_throttled(model.ping))
+        runtime.deps.add("llm", mode, settings.ai.base_url, detail=detail, check=_throttled(model.ping))
         if not reachable:
             runtime.deps.mark("llm", False, f"language model not answering (SIMULATION_MODE=false): {why}")
         return model
@@ -134,7 +134,7 @@ async def build(runtime: Runtime) -> list[ServiceSpec]:
     model = await open_model(runtime)
     if model is not None:
         runtime.closers.append(model.close)
-    data = DataService(runtime.settings.address("data"))
+    data = DataService(runtime.settings.peers.address("data"))
     runtime.closers.append(data.close)
     descriptor = ai_pb2.DESCRIPTOR.services_by_name["AiService"]
     servicer = AiServicer(Assistant(model), data)

@@ -15,7 +15,8 @@ import contextlib
 import re
 
 from services.ai.embedded import FindValues, generate
-from services.ai.render import ident, singular_of
+from services.ai.query import singular_of
+from services.ai.render import ident
 from services.ai.schema import CannotAnswer, Draft, Schema, Table, identifier_words
 
 _SQL = re.compile(r"^\s*(select|with)\b", re.IGNORECASE)

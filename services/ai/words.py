@@ -116,66 +116,68 @@ FIRST_WORDS = {
 SORT_WORDS = frozenset({"sort", "sorted", "order", "ordered", "rank", "ranked", "arrange", "arranged"})
 GROUP_WORDS = frozenset({"per", "each", "every", "by"})
 BUCKETS = {"year": 4, "month": 7, "day": 10, "date": 10}
-# (words, operator, concept): the concept names the column when the question does not.
+# words | operator | concept: the concept names the column when the question does not (money: its price or
+# amount, time: its date). Phrases are tried longest first, then in this order.
+_COMPARATOR_TABLE = """
+    greater than or equal to | >=       |
+    more than or equal to    | >=       |
+    less than or equal to    | <=       |
+    at least                 | >=       |
+    at most                  | <=       |
+    no more than             | <=       |
+    no less than             | >=       |
+    more expensive than      | >        | money
+    less expensive than      | <        | money
+    cheaper than             | <        | money
+    pricier than             | >        | money
+    older than               | <        | time
+    newer than               | >        | time
+    earlier than             | <        | time
+    later than               | >        | time
+    more than                | >        |
+    greater than             | >        |
+    higher than              | >        |
+    larger than              | >        |
+    bigger than              | >        |
+    over                     | >        |
+    above                    | >        |
+    exceeding                | >        |
+    less than                | <        |
+    fewer than               | <        |
+    lower than               | <        |
+    smaller than             | <        |
+    under                    | <        |
+    below                    | <        |
+    after                    | >        | time
+    since                    | >=       | time
+    before                   | <        | time
+    until                    | <=       | time
+    between                  | BETWEEN  |
+    not equal to             | <>       |
+    equal to                 | =        |
+    equals                   | =        |
+    containing               | CONTAINS |
+    contains                 | CONTAINS |
+    contain                  | CONTAINS |
+    like                     | CONTAINS |
+    starting with            | STARTS   |
+    starts with              | STARTS   |
+    beginning with           | STARTS   |
+    begins with              | STARTS   |
+    ending with              | ENDS     |
+    ends with                | ENDS     |
+    ending in                | ENDS     |
+    >=                       | >=       |
+    <=                       | <=       |
+    >                        | >        |
+    <                        | <        |
+    !=                       | <>       |
+    <>                       | <>       |
+    =                        | =        |
+"""
 COMPARATORS: tuple[tuple[tuple[str, ...], str, str], ...] = tuple(
-    (tuple(words.split()), op, concept)
-    for words, op, concept in (
-        ("greater than or equal to", ">=", ""),
-        ("more than or equal to", ">=", ""),
-        ("less than or equal to", "<=", ""),
-        ("at least", ">=", ""),
-        ("at most", "<=", ""),
-        ("no more than", "<=", ""),
-        ("no less than", ">=", ""),
-        ("more expensive than", ">", MONEY),
-        ("less expensive than", "<", MONEY),
-        ("cheaper than", "<", MONEY),
-        ("pricier than", ">", MONEY),
-        ("older than", "<", TIME),
-        ("newer than", ">", TIME),
-        ("earlier than", "<", TIME),
-        ("later than", ">", TIME),
-        ("more than", ">", ""),
-        ("greater than", ">", ""),
-        ("higher than", ">", ""),
-        ("larger than", ">", ""),
-        ("bigger than", ">", ""),
-        ("over", ">", ""),
-        ("above", ">", ""),
-        ("exceeding", ">", ""),
-        ("less than", "<", ""),
-        ("fewer than", "<", ""),
-        ("lower than", "<", ""),
-        ("smaller than", "<", ""),
-        ("under", "<", ""),
-        ("below", "<", ""),
-        ("after", ">", TIME),
-        ("since", ">=", TIME),
-        ("before", "<", TIME),
-        ("until", "<=", TIME),
-        ("between", "BETWEEN", ""),
-        ("not equal to", "<>", ""),
-        ("equal to", "=", ""),
-        ("equals", "=", ""),
-        ("containing", "CONTAINS", ""),
-        ("contains", "CONTAINS", ""),
-        ("contain", "CONTAINS", ""),
-        ("like", "CONTAINS", ""),
-        ("starting with", "STARTS", ""),
-        ("starts with", "STARTS", ""),
-        ("beginning with", "STARTS", ""),
-        ("begins with", "STARTS", ""),
-        ("ending with", "ENDS", ""),
-        ("ends with", "ENDS", ""),
-        ("ending in", "ENDS", ""),
-        (">=", ">=", ""),
-        ("<=", "<=", ""),
-        (">", ">", ""),
-        ("<", "<", ""),
-        ("!=", "<>", ""),
-        ("<>", "<>", ""),
-        ("=", "=", ""),
-    )
+    (tuple(words.split()), op.strip(), concept.strip())
+    for words, op, concept in (line.split("|") for line in _COMPARATOR_TABLE.strip().splitlines())
 )
 COLUMN_LINKS = frozenset({"is", "are", "was", "were", "be", "of", ":", "equal", "to", "the"})
 

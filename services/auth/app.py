@@ -31,7 +31,7 @@ ADMIN_RETRY_S = 5.0
 
 def key_path(settings: Settings) -> Path:
     """LAUNCHPAD_JWT_KEY_PATH (a mounted secret, shared by replicas), else <data_dir>/auth/jwt-signing-key.pem."""
-    return settings.jwt_key_path or settings.data_dir / "auth" / KEY_FILE
+    return settings.auth.key_path or settings.process.data_dir / "auth" / KEY_FILE
 
 
 async def build(runtime: Runtime) -> list[ServiceSpec]:
@@ -45,13 +45,15 @@ async def build(runtime: Runtime) -> list[ServiceSpec]:
     runtime.closers.append(passwords.close)
     store = AuthStore(db)
     await _first_admin(runtime, store, passwords)
-    tokens = TokenSettings(settings.token_ttl_s, settings.jwt_issuer, settings.jwt_audience)
-    limiter = LoginLimiter(settings.login_attempts_per_minute)
+    tokens = TokenSettings(settings.auth.token_ttl_s, settings.auth.issuer, settings.auth.audience)
+    limiter = LoginLimiter(settings.auth.login_attempts_per_minute)
     # Policy changes are applied by the data service before they are stored (services/auth/enforcement.py).
-    enforcer = DataEnforcer(settings.address("data"), internal_secret(settings))
+    enforcer = DataEnforcer(settings.peers.address("data"), internal_secret(settings))
     runtime.closers.append(enforcer.close)
     # Live dry runs are decided by the services that enforce policies (services/auth/probes.py).
-    prober = ServiceProber(settings.address("data"), settings.address("storage"), internal_secret(settings))
+    prober = ServiceProber(
+        settings.peers.address("data"), settings.peers.address("storage"), internal_secret(settings)
+    )
     runtime.closers.append(prober.close)
     servicer = AuthServicer(
         Authenticator(store, passwords, ring, limiter, tokens),
@@ -66,8 +68,8 @@ async def build(runtime: Runtime) -> list[ServiceSpec]:
 
 async def _first_admin(runtime: Runtime, store: AuthStore, passwords: Passwords) -> None:
     """Creates the first admin now, or (PostgreSQL down with SIMULATION_MODE=false) as soon as it answers."""
-    auth_dir = runtime.settings.data_dir / "auth"
-    admin_password = runtime.settings.admin_password
+    auth_dir = runtime.settings.process.data_dir / "auth"
+    admin_password = runtime.settings.auth.admin_password.reveal()
 
     async def attempt() -> None:
         await ensure_admin(store, passwords, auth_dir, admin_password, runtime.log)

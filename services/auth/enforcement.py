@@ -19,7 +19,6 @@ from typing import Any, Protocol
 
 import grpc
 import orjson
-from google.protobuf import struct_pb2
 
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from services.core import internal
@@ -27,11 +26,13 @@ from services.core.clients import internal_channel
 from services.core.context import current_request_id
 from services.core.errors import Code, InvalidArgument, ServiceError, Unavailable
 from services.core.interceptors import DETAILS_KEY
+from services.core.structs import dict_to_struct
 
 log = logging.getLogger("launchpad.auth.policies")
 # Below the edge's default deadline (10 s), so a slow data service is this clear UNAVAILABLE, not a timeout.
 APPLY_TIMEOUT_S = 8.0
-_DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
+# Status codes that say the data service is not there (down, slow or gone), not that it refused.
+DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 NOT_STORED = "nothing was changed"
 
 
@@ -61,7 +62,7 @@ class DataEnforcer:
 
     async def apply(self, tenant: str, documents: Sequence[Mapping[str, Any]], revision: int) -> None:
         request = data_pb2.ApplyPoliciesRequest(
-            tenant=tenant, policies=[_struct(document) for document in documents], revision=revision
+            tenant=tenant, policies=[dict_to_struct(document) for document in documents], revision=revision
         )
         metadata = (
             ("x-request-id", current_request_id() or f"policies-{uuid.uuid4().hex}"),
@@ -80,7 +81,7 @@ class DataEnforcer:
             "ApplyPolicies at the data service failed",
             extra={"tenant": tenant, "address": self.address, "code": code.name, "reason": message},
         )
-        if code in _DOWN:
+        if code in DOWN:
             return Unavailable(
                 "the data service, which enforces policies, is not reachable; "
                 f"{NOT_STORED} (try again when it is back)"
@@ -98,12 +99,6 @@ class DataEnforcer:
     async def close(self) -> None:
         if self._channel is not None:
             await self._channel.close()
-
-
-def _struct(document: Mapping[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(document)
-    return struct
 
 
 def error_details(exc: grpc.aio.AioRpcError) -> dict[str, Any]:

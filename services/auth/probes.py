@@ -13,27 +13,29 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from launchpad.storage.v1 import storage_pb2, storage_pb2_grpc
-from services.auth.enforcement import error_details
-from services.auth.structs import dict_to_struct as struct
-from services.auth.structs import struct_to_dict as plain
+from services.auth.enforcement import DOWN, error_details
 from services.core import internal
 from services.core.clients import internal_channel
 from services.core.context import current_request_id
 from services.core.errors import Code, InvalidArgument, ServiceError, Unavailable
+from services.core.structs import dict_to_struct as struct
+from services.core.structs import struct_to_dict as plain
 
 log = logging.getLogger("launchpad.auth.policies")
+T = TypeVar("T")
 PROBE_TIMEOUT_S = 8.0  # below the edge's default deadline (10 s): a slow service is a clear UNAVAILABLE
-_DOWN = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED})
 # What the probes call their request fields, as the dry run's caller knows them.
 _FIELDS = {"table": "live.table", "bucket": "live.bucket", "limit": "live.limit"}
+Documents = Sequence[Mapping[str, Any]]  # a policy set, as stored
+Subject = Mapping[str, Any]  # the claims a real call of the subject carries
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,21 +60,10 @@ class Prober(Protocol):
     """Where live dry runs are decided: the data service for tables, the storage service for buckets."""
 
     async def table(
-        self,
-        tenant: str,
-        documents: Sequence[Mapping[str, Any]],
-        table: str,
-        subject: Mapping[str, Any],
-        limit: int,
+        self, tenant: str, documents: Documents, table: str, subject: Subject, limit: int
     ) -> Probed: ...
-
     async def bucket(
-        self,
-        tenant: str,
-        documents: Sequence[Mapping[str, Any]],
-        bucket: str,
-        subject: Mapping[str, Any],
-        limit: int,
+        self, tenant: str, documents: Documents, bucket: str, subject: Subject, limit: int
     ) -> Probed: ...
 
 
@@ -99,46 +90,33 @@ class ServiceProber:
         )
 
     async def table(
-        self,
-        tenant: str,
-        documents: Sequence[Mapping[str, Any]],
-        table: str,
-        subject: Mapping[str, Any],
-        limit: int,
+        self, tenant: str, documents: Documents, table: str, subject: Subject, limit: int
     ) -> Probed:
-        request = data_pb2.ProbePoliciesRequest(
-            tenant=tenant, policies=[struct(d) for d in documents], table=table, subject=struct(subject),
-            limit=limit,
-        )  # fmt: skip
+        request = data_pb2.ProbePoliciesRequest(table=table, **_probing(tenant, documents, subject, limit))
         stub = data_pb2_grpc.DataServiceStub(self._channel("data"))
-        try:
-            response = await stub.ProbePolicies(request, metadata=self._metadata(), timeout=self._timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise self._refusal("data", tenant, exc) from None
+        response = await self._probe("data", tenant, stub.ProbePolicies, request)
         entries = [
             Entry(plain(row.record), row.read, update=row.update, delete=row.delete) for row in response.rows
         ]
         return Probed(response.governed, entries, response.truncated)
 
     async def bucket(
-        self,
-        tenant: str,
-        documents: Sequence[Mapping[str, Any]],
-        bucket: str,
-        subject: Mapping[str, Any],
-        limit: int,
+        self, tenant: str, documents: Documents, bucket: str, subject: Subject, limit: int
     ) -> Probed:
         request = storage_pb2.ProbePoliciesRequest(
-            tenant=tenant, policies=[struct(d) for d in documents], bucket=bucket, subject=struct(subject),
-            limit=limit,
-        )  # fmt: skip
+            bucket=bucket, **_probing(tenant, documents, subject, limit)
+        )
         stub = storage_pb2_grpc.StorageServiceStub(self._channel("storage"))
-        try:
-            response = await stub.ProbePolicies(request, metadata=self._metadata(), timeout=self._timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            raise self._refusal("storage", tenant, exc) from None
+        response = await self._probe("storage", tenant, stub.ProbePolicies, request)
         entries = [Entry(plain(o.record), o.read, write=o.write) for o in response.objects]
         return Probed(response.governed, entries, response.truncated)
+
+    async def _probe(self, service: str, tenant: str, call: Callable[..., Awaitable[T]], request: Any) -> T:
+        """One ProbePolicies call with auth's credential; a failure becomes what the caller sees (_refusal)."""
+        try:
+            return await call(request, metadata=self._metadata(), timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            raise self._refusal(service, tenant, exc) from None
 
     def _refusal(self, service: str, tenant: str, exc: grpc.aio.AioRpcError) -> ServiceError:
         """The caller's 400 (an unknown table or bucket, a rule the table cannot compile) passes through,
@@ -154,7 +132,7 @@ class ServiceProber:
             extra={"service": service, "tenant": tenant, "address": self._addresses[service],
                    "code": code.name, "reason": message},
         )  # fmt: skip
-        if code in _DOWN:
+        if code in DOWN:
             return Unavailable(f"the {service} service is not reachable; try the live dry run again later")
         if code == grpc.StatusCode.UNIMPLEMENTED:  # too old, or a backend without a probe
             return ServiceError(
@@ -170,3 +148,13 @@ class ServiceProber:
     async def close(self) -> None:
         for channel in self._channels.values():
             await channel.close()
+
+
+def _probing(tenant: str, documents: Documents, subject: Subject, limit: int) -> dict[str, Any]:
+    """The fields both services' ProbePoliciesRequest share."""
+    return {
+        "tenant": tenant,
+        "policies": [struct(d) for d in documents],
+        "subject": struct(subject),
+        "limit": limit,
+    }

@@ -13,11 +13,11 @@ from services.auth.live import LiveDryRun, LiveRequest, LiveResult
 from services.auth.login import Authenticator
 from services.auth.policy_admin import Change, PolicyAdmin
 from services.auth.store import PolicyRecord, UserRecord
-from services.auth.structs import dict_to_struct, struct_to_dict
 from services.auth.users import NewUser, UserChange, Users
 from services.core.context import ROLES, WRITE_ROLES, current_call, current_principal
 from services.core.errors import InvalidArgument
 from services.core.policy import Decision
+from services.core.structs import dict_to_struct, struct_to_dict
 
 Context = grpc.aio.ServicerContext
 

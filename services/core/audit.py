@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
         return 2
     from services.core.config import load_settings
 
-    path = Path(argv[1]) if len(argv) > 1 else load_settings("edge").audit_path
+    path = Path(argv[1]) if len(argv) > 1 else load_settings("edge").process.audit_path
     if not path.exists():
         print(f"{path}: no audit log", file=sys.stderr)
         return 1

@@ -2,8 +2,8 @@
 
 Blocking calls never run on the event loop; each dependency gets its own small pool, so one slow
 dependency cannot starve the others. The hop is hand-rolled (a SimpleQueue in, call_soon_threadsafe out)
-rather than loop.run_in_executor: it skips the concurrent.futures.Future and its chaining, which measured
-~100 us of CPU per call on the data service's hot path.
+rather than loop.run_in_executor: it skips the concurrent.futures.Future and its chaining, a real share of
+the CPU a call costs on the data service's hot path.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ class MethodPolicy:
     internal: bool  # called by Launchpad processes with the internal credential, never by clients
     websocket_path: str
     websocket_relay: str  # the internal RPC the edge multiplexes this WebSocket's sockets over
+    websocket_publish: str  # the unary RPC a socket's publish frame is sent to, with the socket's token
     timeout_ms: int
 
     def allows(self, roles: tuple[str, ...]) -> bool:
@@ -48,6 +49,7 @@ def method_policy(method: MethodDescriptor) -> MethodPolicy:
         internal=access.internal,
         websocket_path=websocket.path,
         websocket_relay=websocket.relay,
+        websocket_publish=websocket.publish,
         timeout_ms=options.Extensions[options_pb2.timeout_ms] or DEFAULT_TIMEOUT_MS,
     )
 

@@ -1,4 +1,4 @@
-"""The platform database: auth's users and policies, deploy's artifacts, each service's migrations.
+"""The platform database: auth's users and policies, deploy's artifacts (their migrations: core.migrations).
 
 LIVE: PostgreSQL (POSTGRES_DSN) through a bounded psycopg2 pool; platform tables live in schema `launchpad`
 (every connection's search_path), which no tenant role can read. EMBEDDED / FALLBACK: one SQLite file,
@@ -31,15 +31,20 @@ from services.core.blocking import Blocking
 from services.core.config import Settings
 from services.core.deps import Mode, Registry, select_mode
 from services.core.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Unavailable
+from services.core.migrations import (
+    PLATFORM_SCHEMA,
+    Migration,
+    load_migrations,
+    migrate_pg,
+    migrate_sqlite,
+    service_of,
+)
 
-PLATFORM_SCHEMA = "launchpad"
 REMEDIATION = "set POSTGRES_DSN to a reachable PostgreSQL"
 CONNECT_TIMEOUT_S = 3
 STATEMENT_TIMEOUT_MS = 30_000
 BUSY_TIMEOUT_MS = 10_000
 POOL_SIZE = 8
-# One advisory lock key for every migration runner, so replicas starting at once apply migrations in turn.
-MIGRATION_LOCK_KEY = 0x4C61_756E_6368  # "Launch"
 
 log = logging.getLogger("launchpad.db")
 T = TypeVar("T")
@@ -48,10 +53,6 @@ Row = dict[str, Any]
 
 class UniqueViolation(AlreadyExists):
     """A unique or primary-key constraint refused the row (both backends)."""
-
-
-class MigrationError(RuntimeError):
-    """A migration file is malformed or failed to apply: the service must not start."""
 
 
 class PlatformDb(ABC):
@@ -113,6 +114,47 @@ class Transaction:
         return await self._run(self._execute, self._sql(sql), tuple(params))
 
 
+class _HeldTransactions(ABC):
+    """PlatformDb.transaction for both backends: a pooled connection held in a pool thread for the block."""
+
+    _slots: asyncio.Semaphore
+    _blocking: Blocking
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        await self._before_transaction()
+        async with self._slots:  # statements below use the pool threads directly: no second slot
+            conn = await self._blocking.run(self._begin)
+            committed = False
+            try:
+                yield Transaction(
+                    lambda fn, *args: self._blocking.run(self._in_transaction, conn, fn, *args),
+                    *self._dialect(),
+                )
+                committed = True
+            finally:  # runs to its end in the pool thread even if this task is cancelled meanwhile
+                await self._blocking.run(self._end, conn, committed)
+
+    @abstractmethod
+    async def _before_transaction(self) -> None:
+        """Waits until the database takes statements."""
+
+    @abstractmethod
+    def _dialect(self) -> tuple[Statement, Statement, Callable[[str], str]]:
+        """The backend's fetchall and execute statements and its placeholder style, for Transaction."""
+
+    @abstractmethod
+    def _begin(self) -> Any:
+        """In a pool thread: a connection with its transaction open."""
+
+    @abstractmethod
+    def _in_transaction(self, conn: Any, fn: Statement, *args: Any) -> Any: ...
+
+    @abstractmethod
+    def _end(self, conn: Any, commit: bool) -> None:
+        """In a pool thread: COMMIT (commit=True) or ROLLBACK, and the connection back to the pool."""
+
+
 # --- SQL text helpers ------------------------------------------------------------------------------------
 
 _QMARK_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|--[^\n]*|/\*.*?\*/|\?|%", re.DOTALL)
@@ -129,19 +171,6 @@ def to_pyformat(sql: str) -> str:
         return token.replace("%", "%%")
 
     return _QMARK_TOKENS.sub(swap, sql)
-
-
-def split_sqlite_script(script: str) -> list[str]:
-    """Statements of a script, split where SQLite itself says a statement is complete (triggers included)."""
-    statements, buffer = [], ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            statements.append(buffer.strip())
-            buffer = ""
-    if buffer.strip():
-        statements.append(buffer.strip())
-    return statements
 
 
 # --- Error mapping ---------------------------------------------------------------------------------------
@@ -186,119 +215,6 @@ def pg_unavailable(what: str, exc: BaseException) -> Unavailable:
     log only, never to API clients."""
     log.warning("%s: %s", what, first_line(exc))
     return Unavailable(f"{what} (the service log has the driver's message)")
-
-
-# --- Migrations ------------------------------------------------------------------------------------------
-
-_MIGRATION_FILE = re.compile(r"^(\d{3,})_([a-z0-9_]+?)(?:\.(postgresql|sqlite))?\.sql$")
-
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def load_migrations(folder: Path, dialect: str) -> list[Migration]:
-    """NNN_name.sql files in version order; NNN_name.<dialect>.sql replaces the generic file of a version."""
-    chosen: dict[int, tuple[str, str | None, Path]] = {}
-    for path in sorted(folder.glob("*.sql")) if folder.is_dir() else []:
-        match = _MIGRATION_FILE.match(path.name)
-        if match is None:
-            raise MigrationError(f"{path}: migration files are named NNN_name[.postgresql|.sqlite].sql")
-        version, name, variant = int(match[1]), match[2], match[3]
-        previous = chosen.get(version)
-        if previous and previous[0] != name:
-            raise MigrationError(f"{folder}: version {version} is both {previous[0]!r} and {name!r}")
-        if variant not in (None, dialect) or (previous and previous[1] == dialect):
-            continue
-        chosen[version] = (name, variant, path)
-    return [Migration(v, n, p.read_text()) for v, (n, _, p) in sorted(chosen.items())]
-
-
-def service_of(folder: Path) -> str:
-    """The key migrations are recorded under: services/auth/migrations -> "auth"."""
-    return folder.parent.name if folder.name == "migrations" else folder.name
-
-
-_PG_LEDGER = f"""
-CREATE SCHEMA IF NOT EXISTS {PLATFORM_SCHEMA};
-REVOKE ALL ON SCHEMA {PLATFORM_SCHEMA} FROM PUBLIC;
-CREATE TABLE IF NOT EXISTS {PLATFORM_SCHEMA}.schema_migrations (
-    service text NOT NULL, version integer NOT NULL, name text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (service, version))
-"""
-_SQLITE_LEDGER = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    service TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL,
-    applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')), PRIMARY KEY (service, version))
-"""
-
-
-def migrate_pg(conn: psycopg2.extensions.connection, service: str, migrations: list[Migration]) -> int:
-    """Applies pending migrations under the advisory lock, one transaction each. Returns how many ran."""
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
-            cur.execute(_PG_LEDGER)
-            cur.execute(
-                f"SELECT version FROM {PLATFORM_SCHEMA}.schema_migrations WHERE service = %s", (service,)
-            )
-            done = {row[0] for row in cur.fetchall()}
-            pending = [m for m in migrations if m.version not in done]
-            for migration in pending:
-                _apply_pg(conn, service, migration)
-            return len(pending)
-        finally:
-            conn.autocommit = True
-            cur.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
-
-
-def _apply_pg(conn: psycopg2.extensions.connection, service: str, migration: Migration) -> None:
-    conn.autocommit = False
-    try:
-        with conn.cursor() as cur:
-            cur.execute(migration.sql)
-            cur.execute(
-                f"INSERT INTO {PLATFORM_SCHEMA}.schema_migrations (service, version, name) VALUES (%s, %s, %s)",
-                (service, migration.version, migration.name),
-            )
-        conn.commit()
-    except psycopg2.Error as exc:
-        conn.rollback()
-        if isinstance(exc, psycopg2.OperationalError | psycopg2.InterfaceError):
-            raise
-        raise MigrationError(f"{service} migration {migration.version:03d}_{migration.name}: {exc}") from exc
-
-
-def migrate_sqlite(conn: sqlite3.Connection, service: str, migrations: list[Migration]) -> int:
-    """Applies pending migrations in one BEGIN IMMEDIATE transaction (other runners wait on busy_timeout)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(_SQLITE_LEDGER)
-        done = {
-            r[0] for r in conn.execute("SELECT version FROM schema_migrations WHERE service = ?", (service,))
-        }
-        pending = [m for m in migrations if m.version not in done]
-        for migration in pending:
-            try:
-                for statement in split_sqlite_script(migration.sql):
-                    conn.execute(statement)
-            except sqlite3.Error as exc:
-                raise MigrationError(
-                    f"{service} migration {migration.version:03d}_{migration.name}: {exc}"
-                ) from exc
-            conn.execute(
-                "INSERT INTO schema_migrations (service, version, name) VALUES (?, ?, ?)",
-                (service, migration.version, migration.name),
-            )
-        conn.execute("COMMIT")
-        return len(pending)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
 
 
 # --- PostgreSQL ------------------------------------------------------------------------------------------
@@ -351,7 +267,7 @@ class PgPool:
         self.discard_idle()
 
 
-class PgPlatformDb(PlatformDb):
+class PgPlatformDb(_HeldTransactions, PlatformDb):
     backend = "postgresql"
 
     def __init__(self, dsn: str, folder: Path, *, size: int = POOL_SIZE) -> None:
@@ -372,22 +288,11 @@ class PgPlatformDb(PlatformDb):
     async def ping(self) -> None:
         await self.run(_pg_execute, "SELECT 1", ())
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
+    async def _before_transaction(self) -> None:
         await self.ensure_ready()
-        async with self._slots:  # statements below use the pool threads directly: no second slot
-            conn = await self._blocking.run(self._begin)
-            committed = False
-            try:
-                yield Transaction(
-                    lambda fn, *args: self._blocking.run(self._in_transaction, conn, fn, *args),
-                    _pg_fetchall,
-                    _pg_execute,
-                    to_pyformat,
-                )
-                committed = True
-            finally:  # runs to its end in the pool thread even if this task is cancelled meanwhile
-                await self._blocking.run(self._end, conn, committed)
+
+    def _dialect(self) -> tuple[Statement, Statement, Callable[[str], str]]:
+        return _pg_fetchall, _pg_execute, to_pyformat
 
     def _begin(self) -> psycopg2.extensions.connection:
         try:
@@ -489,7 +394,7 @@ def connect_sqlite(path: Path | str, *, uri: bool = False) -> sqlite3.Connection
     return conn
 
 
-class SqlitePlatformDb(PlatformDb):
+class SqlitePlatformDb(_HeldTransactions, PlatformDb):
     backend = "sqlite"
 
     def __init__(self, path: Path, folder: Path, *, size: int = 4) -> None:
@@ -512,21 +417,11 @@ class SqlitePlatformDb(PlatformDb):
     async def ping(self) -> None:
         await self._call(_sqlite_execute, "SELECT 1", ())
 
-    @contextlib.asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Transaction]:
-        async with self._slots:  # statements below use the pool threads directly: no second slot
-            conn = await self._blocking.run(self._begin)
-            committed = False
-            try:
-                yield Transaction(
-                    lambda fn, *args: self._blocking.run(self._in_transaction, conn, fn, *args),
-                    _sqlite_fetchall,
-                    _sqlite_execute,
-                    str,
-                )
-                committed = True
-            finally:  # runs to its end in the pool thread even if this task is cancelled meanwhile
-                await self._blocking.run(self._end, conn, committed)
+    async def _before_transaction(self) -> None:
+        """Nothing to wait for: open() migrated the file before the service took calls."""
+
+    def _dialect(self) -> tuple[Statement, Statement, Callable[[str], str]]:
+        return _sqlite_fetchall, _sqlite_execute, str
 
     def _begin(self) -> sqlite3.Connection:
         try:
@@ -628,14 +523,14 @@ def pg_reachable(dsn: str) -> bool:
 
 async def open_platform_db(settings: Settings, deps: Registry, *, migrations: Path) -> PlatformDb:
     """Chooses the backend (DESIGN section 4), applies `migrations`, registers dependency "sql"."""
-    configured = bool(settings.postgres_dsn)
+    configured = bool(settings.postgres.dsn)
     reachable = False
-    if configured and settings.simulation_mode is not True:
-        reachable = await asyncio.to_thread(pg_reachable, settings.postgres_dsn)
-    mode = select_mode(settings.simulation_mode, configured, reachable)
+    if configured and settings.process.simulation_mode is not True:
+        reachable = await asyncio.to_thread(pg_reachable, settings.postgres.dsn.reveal())
+    mode = select_mode(settings.process.simulation_mode, configured, reachable)
     if mode is Mode.LIVE:
-        return await _open_pg(settings.postgres_dsn, deps, migrations, reachable)
-    db = SqlitePlatformDb(settings.data_dir / "platform.sqlite", migrations)
+        return await _open_pg(settings.postgres.dsn.reveal(), deps, migrations, reachable)
+    db = SqlitePlatformDb(settings.process.data_dir / "platform.sqlite", migrations)
     await db.open()
     detail = "PostgreSQL not answering at start-up" if mode is Mode.FALLBACK else "SQLite in the data dir"
     deps.add("sql", mode, str(db.path), detail=detail, remediation=REMEDIATION, check=db.ping)

@@ -10,6 +10,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol, TypeVar
 
 
 class Mode(StrEnum):
@@ -19,6 +20,14 @@ class Mode(StrEnum):
 
 
 Check = Callable[[], Awaitable[None]]  # raises when the dependency does not answer
+
+
+class LiveClient(Protocol):
+    async def ping(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+L = TypeVar("L", bound=LiveClient)
 
 
 @dataclass(slots=True)
@@ -54,6 +63,32 @@ async def answers(check: Check, timeout_s: float | None = 5.0) -> tuple[bool, st
     except Exception as exc:  # any failure means "down"; the detail says why
         return False, _why(exc)
     return True, ""
+
+
+async def keep_live(
+    deps: Registry,
+    name: str,
+    simulation: bool | None,
+    live: L | None,
+    *,
+    target: str,
+    detail: str,
+    unanswered: str,
+    timeout_s: float | None = 5.0,
+) -> tuple[Mode, L | None]:
+    """The mode of a dependency whose live client was made when configured and not SIMULATION_MODE=true
+    (else None). LIVE: the client, registered as `name` (unhealthy, saying `unanswered`, if it did not answer
+    at start-up). Other modes: no client (it is closed); the caller registers its embedded default."""
+    reachable = live is not None and (await answers(live.ping, timeout_s))[0]
+    mode = select_mode(simulation, live is not None, reachable)
+    if mode is Mode.LIVE and live is not None:
+        deps.add(name, mode, target, detail=detail, check=live.ping)
+        if not reachable:
+            deps.mark(name, False, unanswered)
+        return mode, live
+    if live is not None:
+        await live.close()
+    return mode, None
 
 
 def _why(exc: BaseException) -> str:

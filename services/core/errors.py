@@ -36,6 +36,12 @@ class ServiceError(Exception):
 
     code: Code = Code.UNKNOWN
 
+    def __init_subclass__(cls, *, code: Code | None = None, **kwargs: Any) -> None:
+        """`class NotFound(ServiceError, code=Code.NOT_FOUND)`: a subclass names its code once."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+
     def __init__(self, message: str, *, code: Code | None = None, **details: Any) -> None:
         super().__init__(message)
         self.message = message
@@ -44,43 +50,32 @@ class ServiceError(Exception):
         self.details = details
 
 
-class InvalidArgument(ServiceError):
-    code = Code.INVALID_ARGUMENT
+class InvalidArgument(ServiceError, code=Code.INVALID_ARGUMENT): ...
 
 
-class NotFound(ServiceError):
-    code = Code.NOT_FOUND
+class NotFound(ServiceError, code=Code.NOT_FOUND): ...
 
 
-class AlreadyExists(ServiceError):
-    code = Code.ALREADY_EXISTS
+class AlreadyExists(ServiceError, code=Code.ALREADY_EXISTS): ...
 
 
-class PermissionDenied(ServiceError):
-    code = Code.PERMISSION_DENIED
+class PermissionDenied(ServiceError, code=Code.PERMISSION_DENIED): ...
 
 
-class Unauthenticated(ServiceError):
-    code = Code.UNAUTHENTICATED
+class Unauthenticated(ServiceError, code=Code.UNAUTHENTICATED): ...
 
 
-class FailedPrecondition(ServiceError):
-    code = Code.FAILED_PRECONDITION
+class FailedPrecondition(ServiceError, code=Code.FAILED_PRECONDITION): ...
 
 
-class ResourceExhausted(ServiceError):
-    code = Code.RESOURCE_EXHAUSTED
+class ResourceExhausted(ServiceError, code=Code.RESOURCE_EXHAUSTED): ...
 
 
-class Aborted(ServiceError):
+class Aborted(ServiceError, code=Code.ABORTED):
     """Concurrency conflict (deadlock, serialization failure): nothing was applied, retrying is safe."""
 
-    code = Code.ABORTED
+
+class DeadlineExceeded(ServiceError, code=Code.DEADLINE_EXCEEDED): ...
 
 
-class DeadlineExceeded(ServiceError):
-    code = Code.DEADLINE_EXCEEDED
-
-
-class Unavailable(ServiceError):
-    code = Code.UNAVAILABLE
+class Unavailable(ServiceError, code=Code.UNAVAILABLE): ...

@@ -23,9 +23,9 @@ SECRET_FILE = "internal-secret"
 
 
 def internal_secret(settings: Settings) -> str:
-    if settings.internal_secret:
-        return settings.internal_secret
-    made = create_once(settings.data_dir / SECRET_FILE, lambda: secrets.token_hex(32).encode())
+    if settings.peers.internal_secret:
+        return settings.peers.internal_secret.reveal()
+    made = create_once(settings.process.data_dir / SECRET_FILE, lambda: secrets.token_hex(32).encode())
     return made.decode().strip()
 
 

@@ -32,8 +32,8 @@ from services.core.internal import internal_secret
 from services.core.jsonlog import setup_logging
 from services.core.metrics import serve_metrics
 from services.core.tokens import KeyProvider, RefreshingKeys, TokenVerifier
+from services.core.version import VERSION
 
-VERSION = "0.1.0"
 HEALTH_INTERVAL_S = 2.0
 SHUTDOWN_GRACE_S = 5.0
 _MAX_MESSAGE = 8 * 1024 * 1024
@@ -77,9 +77,9 @@ class Runtime:
 
 def new_runtime(settings: Settings) -> Runtime:
     # The data dir holds password hashes, keys and the audit log: owner-only.
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log = setup_logging(settings.service, settings.log_dir)
-    return Runtime(settings, Registry(), AuditLog(settings.audit_path), log)
+    settings.process.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    log = setup_logging(settings.process.service, settings.process.log_dir)
+    return Runtime(settings, Registry(), AuditLog(settings.process.audit_path), log)
 
 
 class _Status(status_pb2_grpc.StatusServiceServicer):
@@ -91,9 +91,9 @@ class _Status(status_pb2_grpc.StatusServiceServicer):
     ) -> status_pb2.GetStatusResponse:
         settings = self._runtime.settings
         deps = self._runtime.deps.all()
-        embedded = settings.simulation_mode is True or any(dep.mode != "live" for dep in deps)
+        embedded = settings.process.simulation_mode is True or any(dep.mode != "live" for dep in deps)
         return status_pb2.GetStatusResponse(
-            service=settings.service,
+            service=settings.process.service,
             version=VERSION,
             env="SIM" if embedded else "LIVE",
             dependencies=[
@@ -116,13 +116,15 @@ async def create_server(
 ) -> tuple[grpc.aio.Server, int]:
     """Builds and starts the server; port 0 picks a free one (tests). Returns (server, bound port)."""
     settings = runtime.settings
-    keys = runtime.keys or RefreshingKeys(jwks_fetcher(settings.address("auth")))
-    verifier = TokenVerifier(keys, settings.jwt_issuer, settings.jwt_audience)
+    keys = runtime.keys or RefreshingKeys(jwks_fetcher(settings.peers.address("auth")))
+    verifier = TokenVerifier(keys, settings.auth.issuer, settings.auth.audience)
     status_descriptor = status_pb2.DESCRIPTOR.services_by_name["StatusService"]
     policies = service_policies(status_descriptor, *(spec.descriptor for spec in specs))
     server = grpc.aio.server(
         interceptors=[
-            KitInterceptor(settings.service, policies, verifier, runtime.audit, internal_secret(settings))
+            KitInterceptor(
+                settings.process.service, policies, verifier, runtime.audit, internal_secret(settings)
+            )
         ],
         options=[
             ("grpc.max_receive_message_length", _MAX_MESSAGE),
@@ -141,11 +143,13 @@ async def create_server(
     reflection.enable_server_reflection(
         [*names, status_descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    address = f"{settings.host}:{settings.port if port is None else port}"
+    address = f"{settings.process.host}:{settings.process.port if port is None else port}"
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError:
-        raise SystemExit(f"{settings.service}: cannot listen on {address}: is it already running?") from None
+        raise SystemExit(
+            f"{settings.process.service}: cannot listen on {address}: is it already running?"
+        ) from None
     await server.start()
     await _publish_health(runtime, names)
     runtime.tasks.append(asyncio.create_task(_watch_health(runtime, names)))
@@ -173,8 +177,8 @@ async def _watch_health(runtime: Runtime, names: list[str]) -> None:
 def run_service(name: str, build: Callable[[Runtime], Awaitable[list[ServiceSpec]]]) -> None:
     """The main of a gRPC service: serve until SIGTERM/SIGINT, then drain and stop.
 
-    On uvloop: grpc.aio runs its own poller thread and works with any loop; uvloop cut ~40 us of CPU per
-    unary call in `make bench`.
+    On uvloop: grpc.aio runs its own poller thread and works with any loop, and uvloop's loop costs less CPU
+    per unary call (`make bench` shows how much).
     """
     uvloop.run(_serve(load_settings(name), build))
 
@@ -188,12 +192,12 @@ async def _serve(settings: Settings, build: Callable[[Runtime], Awaitable[list[S
     try:
         specs = await build(runtime)
         server, port = await create_server(runtime, specs)
-        serve_metrics(settings.host, settings.metrics_port)
+        serve_metrics(settings.process.host, settings.process.metrics_port)
         runtime.log.info(
             "serving",
             extra={
                 "port": port,
-                "metrics_port": settings.metrics_port,
+                "metrics_port": settings.process.metrics_port,
                 "deps": [str(d.mode) for d in runtime.deps.all()],
             },
         )

@@ -17,13 +17,15 @@ SECRET_FILE = "tenant_db.secret"
 def open_tenant_sql(settings: Settings, db: PlatformDb) -> TenantSql:
     """Tenants live where the platform tables live: the mode choice is made once, by open_platform_db."""
     if isinstance(db, PgPlatformDb):
-        return PgTenants(db, tenant_secret(settings), settings.query_timeout_ms)
-    return SqliteTenants(settings.data_dir / "tenants", db)
+        return PgTenants(db, tenant_secret(settings), settings.query.timeout_ms)
+    return SqliteTenants(settings.process.data_dir / "tenants", db)
 
 
 def tenant_secret(settings: Settings) -> bytes:
     """The key tenant role passwords derive from: LAUNCHPAD_TENANT_DB_SECRET, else a file made once in the
     data dir. Replicas with separate data dirs must share the variable (else each resets the passwords)."""
-    if settings.tenant_db_secret:
-        return settings.tenant_db_secret.encode()
-    return create_once(settings.data_dir / SECRET_FILE, lambda: secrets.token_hex(32).encode()).strip()
+    if settings.postgres.tenant_secret:
+        return settings.postgres.tenant_secret.reveal().encode()
+    return create_once(
+        settings.process.data_dir / SECRET_FILE, lambda: secrets.token_hex(32).encode()
+    ).strip()

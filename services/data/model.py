@@ -49,11 +49,11 @@ class Limits:
     def of(
         cls, settings: Settings, timeout_ms: int = 0, max_rows: int = 0, remaining_s: float | None = None
     ) -> Limits:
-        timeout = min(timeout_ms or settings.query_timeout_ms, settings.query_timeout_ms)
+        timeout = min(timeout_ms or settings.query.timeout_ms, settings.query.timeout_ms)
         if remaining_s is not None:  # the caller's own deadline is a limit too
             timeout = min(timeout, max(1, int(remaining_s * 1000)))
-        rows = max(1, min(max_rows or settings.query_max_rows, settings.query_max_rows))
-        return cls(max(1, timeout), rows, max(1, settings.query_max_bytes))
+        rows = max(1, min(max_rows or settings.query.max_rows, settings.query.max_rows))
+        return cls(max(1, timeout), rows, max(1, settings.query.max_bytes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,6 +201,9 @@ class Probe:
 PROBE_LIMIT = 100  # rows of a live dry run when the caller names no limit
 PROBE_MAX_LIMIT = 1000
 
+Documents = list[Mapping[str, Any]]  # a policy set: the documents auth stores
+Subject = Mapping[str, Any]  # sub, tenant and roles, as a real call of the subject carries them
+
 
 class TenantSql(ABC):
     """SQL of every tenant, isolated by the database itself. One implementation per backend."""
@@ -216,22 +219,14 @@ class TenantSql(ABC):
     @abstractmethod
     async def explain(self, caller: Caller, sql: str, params: list[Any], limits: Limits) -> Plan: ...
 
-    async def apply_policies(
-        self, tenant: str, documents: list[Mapping[str, Any]], revision: int
-    ) -> list[str]:
+    async def apply_policies(self, tenant: str, documents: Documents, revision: int) -> list[str]:
         """Compiles the tenant's whole policy set against its tables and applies it (PostgreSQL: row-level
         security) in one transaction; the tables governed afterwards. InvalidArgument, with nothing applied,
         when a rule cannot be compiled for a table's column."""
         raise ServiceError("this SQL backend does not enforce policies yet", code=Code.UNIMPLEMENTED)
 
     async def probe_policies(
-        self,
-        tenant: str,
-        documents: list[Mapping[str, Any]],
-        table: str,
-        subject: Mapping[str, Any],
-        limit: int,
-        limits: Limits,
+        self, tenant: str, documents: Documents, table: str, subject: Subject, limit: int, limits: Limits
     ) -> Probe:
         """The live dry run: which rows of `table` `subject` (sub, tenant, roles) may read, update and delete
         under `documents` (the whole set to evaluate, stored or not), found by running the real enforcement

@@ -1,5 +1,8 @@
 """Policies on PostgreSQL: row-level security on governed tables, claims no tenant SQL can forge.
 
+One module, over 550 lines: about 300 of them are the SQL every tenant database holds (SETUP), kept beside
+the Python that calls its functions and relies on its tables.
+
 Who runs what. Developers' SQL runs as the tenant's _rw role, viewers' as _ro, admins' as _admin (a member of
 _rw, so it still owns what developers own). A governed table is owned by _admin, with ROW LEVEL SECURITY
 enabled and forced; _rw has SELECT/INSERT/UPDATE/DELETE on it (never TRUNCATE, REFERENCES or TRIGGER: they

@@ -32,43 +32,29 @@ import sqlite3
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from services.core.errors import Aborted, Code, InvalidArgument, ServiceError
 from services.core.policy.sql import quote_ident, render_table, sqlite_value
 from services.data.model import PROBE_LIMIT, PROBE_MAX_LIMIT, Limits, Probe, ProbedRow, value_size
+from services.data.sqlite_connection import DOWN, Connection
 from services.data.sqlite_policies import (
     ACTIONS,
     RESERVED,
     BaseTable,
     Guard,
     Schema,
-    fold,
     read_schema,
     resource_of,
 )
-
-if TYPE_CHECKING:
-    from services.data.sqlite_backend import _Connection
+from services.data.sqlite_tokens import fold
 
 ADMIN, WRITER, READER = "admin", "rw", "ro"
 Key = tuple[Any, ...]  # a row's id: (rowid,) or its primary key
 _ROWID = ("rowid", "_rowid_", "oid")
 _SAVEPOINT = f"{RESERVED}_probe"
 # Errors that are no verdict on a row: the probe as a whole fails (timeout, lock, I/O, resources).
-_FATAL = frozenset(
-    {
-        sqlite3.SQLITE_BUSY,
-        sqlite3.SQLITE_LOCKED,
-        sqlite3.SQLITE_INTERRUPT,
-        sqlite3.SQLITE_IOERR,
-        sqlite3.SQLITE_CORRUPT,
-        sqlite3.SQLITE_FULL,
-        sqlite3.SQLITE_CANTOPEN,
-        sqlite3.SQLITE_NOTADB,
-        sqlite3.SQLITE_NOMEM,
-    }
-)
+_FATAL = DOWN | {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_INTERRUPT}
 
 
 def probe_kind(subject: Mapping[str, Any]) -> str:
@@ -108,7 +94,7 @@ class _Record:
 
 
 def probe(
-    connection: _Connection, guard: Guard | None, name: str, kind: str, limit: int, limits: Limits
+    connection: Connection, guard: Guard | None, name: str, kind: str, limit: int, limits: Limits
 ) -> Probe:
     """In a worker thread, on a connection opened for this probe alone (closed by the caller). guard: the set
     under test and the subject, None when the set names no table (or for an admin: not governed)."""
@@ -141,7 +127,7 @@ def probe(
 
 
 @contextlib.contextmanager
-def _ours(connection: _Connection) -> Iterator[None]:
+def _ours(connection: Connection) -> Iterator[None]:
     """Our own statements (the transaction, the plain reads): the policy authorizer lets them through."""
     shield = connection.shield
     if shield is None:
@@ -272,7 +258,7 @@ def _among(key_sql: str, records: Sequence[_Record]) -> tuple[str, list[Any]]:
 
 
 def _readable(
-    connection: _Connection, guard: Guard | None, target: _Target, records: Sequence[_Record]
+    connection: Connection, guard: Guard | None, target: _Target, records: Sequence[_Record]
 ) -> set[tuple[tuple[type, Any], ...]]:
     """The records the subject's SELECT returns (as match keys). A SELECT refused as a whole reads none."""
     if not records:
@@ -310,7 +296,7 @@ def _returning(target: _Target) -> str:
 
 
 def _touched(
-    connection: _Connection, guard: Guard | None, target: _Target, template: str, records: Sequence[_Record]
+    connection: Connection, guard: Guard | None, target: _Target, template: str, records: Sequence[_Record]
 ) -> set[Key]:
     """The records a write as the subject reaches, each attempt undone at once. When the write fails as a
     whole, each record is tried alone: the ones that fail are not reached, as a real write of them fails."""
@@ -331,7 +317,7 @@ def _touched(
 
 
 def _try(
-    connection: _Connection, guard: Guard | None, target: _Target, template: str, records: Sequence[_Record]
+    connection: Connection, guard: Guard | None, target: _Target, template: str, records: Sequence[_Record]
 ) -> set[Key]:
     condition, params = _among(target.key_sql, records)
     sql = _as_subject(connection, guard, template.format(rows=condition))  # before the savepoint: objects
@@ -346,7 +332,7 @@ def _try(
         _undo(connection)
 
 
-def _undo(connection: _Connection) -> None:
+def _undo(connection: Connection) -> None:
     """Back to the savepoint, still inside the probe's transaction (or the probe stops)."""
     conn = connection.conn
     with _ours(connection):
@@ -356,14 +342,14 @@ def _undo(connection: _Connection) -> None:
     _still_open(connection)
 
 
-def _as_subject(connection: _Connection, guard: Guard | None, sql: str) -> str:
+def _as_subject(connection: Connection, guard: Guard | None, sql: str) -> str:
     """The statement as a real call of the subject runs it: its objects in place, its text checked and
     rewritten (what the authorizer refuses, it refuses while the statement runs)."""
     _still_open(connection)
     return connection._governed(sql, guard)
 
 
-def _verdict(connection: _Connection, exc: BaseException) -> None:
+def _verdict(connection: Connection, exc: BaseException) -> None:
     """A failed statement of the subject: a verdict on its rows (they are not reached), unless the failure
     says nothing about them (a timeout, a lock, I/O), or ended the probe's transaction: then it is raised."""
     if isinstance(exc, sqlite3.Error):
@@ -377,7 +363,7 @@ def _verdict(connection: _Connection, exc: BaseException) -> None:
     _still_open(connection)
 
 
-def _still_open(connection: _Connection) -> None:
+def _still_open(connection: Connection) -> None:
     if not connection.conn.in_transaction:
         raise Aborted(
             "a trigger of the tenant ended the dry run's transaction (RAISE(ROLLBACK)); nothing was written. "

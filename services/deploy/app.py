@@ -25,7 +25,7 @@ async def build(runtime: Runtime) -> list[ServiceSpec]:
     signer = await open_signer(settings, runtime.deps, runtime.log)
     if isinstance(signer, VaultSigner):
         runtime.closers.append(signer.close)
-    agent = open_agent(db, runtime.deps, settings.simulation_mode, settings.runtime_agent_url)
+    agent = open_agent(db, runtime.deps, settings.process.simulation_mode, settings.peers.runtime_agent_url)
     if isinstance(agent, HttpAgent):
         runtime.closers.append(agent.close)
     runtime.log.info("wpk signing ready", extra={"key_source": signer.source})

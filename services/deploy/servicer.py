@@ -13,7 +13,7 @@ from prometheus_client import Counter
 from launchpad.deploy.v1 import deploy_pb2, deploy_pb2_grpc
 from services.core.context import current_call, current_principal
 from services.core.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
-from services.core.objectstore import ObjectStore
+from services.core.objects import ObjectStore
 from services.deploy import wpk
 from services.deploy.agent import Agent, AgentError, Execution
 from services.deploy.signing import PublicKey, Signer

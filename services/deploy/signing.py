@@ -226,8 +226,10 @@ def _new_private_pem() -> bytes:
 
 
 def embedded_signer(settings: Settings) -> LocalKeySigner:
-    pem = create_once(settings.data_dir / EMBEDDED_KEY_FILE, _new_private_pem)
-    return LocalKeySigner(load_private_key(pem, ""), EMBEDDED, trusted=settings.simulation_mode is not False)
+    pem = create_once(settings.process.data_dir / EMBEDDED_KEY_FILE, _new_private_pem)
+    return LocalKeySigner(
+        load_private_key(pem, ""), EMBEDDED, trusted=settings.process.simulation_mode is not False
+    )
 
 
 # --- choosing the source ---------------------------------------------------------------------------------
@@ -236,28 +238,34 @@ def embedded_signer(settings: Settings) -> LocalKeySigner:
 async def open_signer(settings: Settings, deps: Registry, log: logging.Logger) -> Signer:
     """The first configured key source, registered as the "signing" dependency."""
     fallback_reason = ""
-    if settings.vault_addr and settings.simulation_mode is not True:
-        vault = VaultSigner(settings.vault_addr, settings.vault_token, settings.vault_transit_key)
+    if settings.signing.vault_addr and settings.process.simulation_mode is not True:
+        vault = VaultSigner(
+            settings.signing.vault_addr,
+            settings.signing.vault_token.reveal(),
+            settings.signing.vault_transit_key,
+        )
         try:
             await vault.ensure_key()
         except Unavailable as exc:
             fallback_reason = exc.message
-        mode = select_mode(settings.simulation_mode, True, vault.ready)
+        mode = select_mode(settings.process.simulation_mode, True, vault.ready)
         if mode is Mode.LIVE:
-            target = f"{settings.vault_addr} transit/{settings.vault_transit_key}"
+            target = f"{settings.signing.vault_addr} transit/{settings.signing.vault_transit_key}"
             deps.add("signing", Mode.LIVE, target, detail="Vault transit", check=vault.ping)
             if not vault.ready:  # SIMULATION_MODE=false: never sign with another key
                 deps.mark("signing", False, f"{fallback_reason} (SIMULATION_MODE=false: no fallback)")
             return vault
         vault.close()
         log.warning("Vault transit not answering, falling back: %s", fallback_reason)
-    if settings.cosign_key_path and settings.simulation_mode is not True:
-        pem = settings.cosign_key_path.read_bytes()
-        signer = LocalKeySigner(load_private_key(pem, settings.cosign_password), COSIGN, trusted=True)
-        _register_local(deps, signer, str(settings.cosign_key_path), fallback_reason)
+    if settings.signing.cosign_key_path and settings.process.simulation_mode is not True:
+        pem = settings.signing.cosign_key_path.read_bytes()
+        signer = LocalKeySigner(
+            load_private_key(pem, settings.signing.cosign_password.reveal()), COSIGN, trusted=True
+        )
+        _register_local(deps, signer, str(settings.signing.cosign_key_path), fallback_reason)
         return signer
     signer = embedded_signer(settings)
-    _register_local(deps, signer, str(settings.data_dir / EMBEDDED_KEY_FILE), fallback_reason)
+    _register_local(deps, signer, str(settings.process.data_dir / EMBEDDED_KEY_FILE), fallback_reason)
     return signer
 
 

@@ -35,6 +35,9 @@ from typing import Any
 
 from services.core.errors import InvalidArgument
 
+# A Struct has only floats: integral ones become ints, so 3 and 3.0 pack the same.
+from services.core.structs import whole_numbers as canonical
+
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 # The regular expression suggested by semver.org.
 SEMVER = re.compile(
@@ -57,17 +60,6 @@ class Package:
     version: str
     data: bytes  # the .tar.gz
     sha256: str
-
-
-def canonical(value: Any) -> Any:
-    """JSON from a protobuf Struct has only floats: integral ones become ints so 3 and 3.0 pack the same."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: canonical(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [canonical(item) for item in value]
-    return value
 
 
 def canonical_json(wpk: dict[str, Any]) -> bytes:

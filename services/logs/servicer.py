@@ -10,7 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from launchpad.logs.v1 import logs_pb2, logs_pb2_grpc
 from services.core.context import Principal, current_principal
-from services.core.deps import Mode, answers, select_mode
+from services.core.deps import Mode, keep_live
 from services.core.errors import InvalidArgument
 from services.core.server import Runtime, ServiceSpec
 from services.logs import logql
@@ -90,20 +90,17 @@ class LogsServicer(logs_pb2_grpc.LogsServiceServicer):
 
 async def open_source(runtime: Runtime) -> EmbeddedLogs | LokiLogs:
     settings = runtime.settings
-    configured = bool(settings.loki_url) and settings.simulation_mode is not True
-    loki = LokiLogs(settings.loki_url, settings.query_timeout_ms / 1000) if configured else None
-    reachable = loki is not None and (await answers(loki.ping))[0]
-    mode = select_mode(settings.simulation_mode, configured, reachable)
-    if mode is Mode.LIVE and loki is not None:
-        runtime.deps.add("loki", mode, settings.loki_url, detail="Loki query_range", check=loki.ping)
-        if not reachable:
-            runtime.deps.mark("loki", False, "Loki not answering (SIMULATION_MODE=false: no fallback)")
-        return loki
+    configured = bool(settings.telemetry.loki_url) and settings.process.simulation_mode is not True
+    loki = LokiLogs(settings.telemetry.loki_url, settings.query.timeout_ms / 1000) if configured else None
+    mode, loki = await keep_live(
+        runtime.deps, "loki", settings.process.simulation_mode, loki, target=settings.telemetry.loki_url,
+        detail="Loki query_range", unanswered="Loki not answering (SIMULATION_MODE=false: no fallback)",
+    )  # fmt: skip
     if loki is not None:
-        await loki.close()
+        return loki
     detail = "Loki not answering at start-up" if mode is Mode.FALLBACK else "the services' JSON log files"
-    runtime.deps.add("loki", mode, str(settings.log_dir), detail=detail, remediation=REMEDIATION)
-    return EmbeddedLogs(settings.log_dir)
+    runtime.deps.add("loki", mode, str(settings.process.log_dir), detail=detail, remediation=REMEDIATION)
+    return EmbeddedLogs(settings.process.log_dir)
 
 
 async def build(runtime: Runtime) -> list[ServiceSpec]:

@@ -144,7 +144,7 @@ def _file_entries(path: Path, window: Window) -> Iterator[Entry]:
 
 
 class EmbeddedLogs:
-    """The services' own JSON log files (`*.log` under settings.log_dir)."""
+    """The services' own JSON log files (`*.log` under settings.process.log_dir)."""
 
     mode = "embedded"
 

@@ -106,10 +106,10 @@ class EmbeddedMetrics:
     def targets(self) -> dict[str, str]:
         """job -> host:port of /metrics for the other services (this process reads its own registry)."""
         out = {}
-        for name in self.settings.backends:
-            if name == self.settings.service or name not in self.settings.addresses:
+        for name in self.settings.peers.backends:
+            if name == self.settings.process.service or name not in self.settings.peers.addresses:
                 continue
-            host, _, port = self.settings.address(name).rpartition(":")
+            host, _, port = self.settings.peers.address(name).rpartition(":")
             out[name] = f"{host}:{int(port) + METRICS_PORT_OFFSET}"
         return out
 
@@ -122,7 +122,7 @@ class EmbeddedMetrics:
         return parse_exposition(response.text, job, target)
 
     async def samples(self) -> list[Sample]:
-        own = parse_exposition(generate_latest(REGISTRY).decode(), self.settings.service, "self")
+        own = parse_exposition(generate_latest(REGISTRY).decode(), self.settings.process.service, "self")
         scraped = await asyncio.gather(*(self._scrape(j, t) for j, t in self.targets().items()))
         return own + [sample for batch in scraped for sample in batch]
 

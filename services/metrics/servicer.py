@@ -8,7 +8,7 @@ from google.protobuf.struct_pb2 import Struct
 
 from launchpad.metrics.v1 import metrics_pb2, metrics_pb2_grpc
 from services.core.context import current_principal
-from services.core.deps import Mode, answers, select_mode
+from services.core.deps import Mode, keep_live
 from services.core.errors import InvalidArgument
 from services.core.server import Runtime, ServiceSpec
 from services.metrics.embedded import EmbeddedMetrics
@@ -68,17 +68,15 @@ class MetricsServicer(metrics_pb2_grpc.MetricsServiceServicer):
 
 async def open_prom(runtime: Runtime) -> PromClient | None:
     settings = runtime.settings
-    configured = bool(settings.prom_url) and settings.simulation_mode is not True
-    prom = PromClient(settings.prom_url, settings.query_timeout_ms / 1000) if configured else None
-    reachable = prom is not None and (await answers(prom.ping))[0]
-    mode = select_mode(settings.simulation_mode, configured, reachable)
-    if mode is Mode.LIVE and prom is not None:
-        runtime.deps.add("prometheus", mode, settings.prom_url, detail="Prometheus HTTP API", check=prom.ping)
-        if not reachable:
-            runtime.deps.mark("prometheus", False, "Prometheus not answering (SIMULATION_MODE=false)")
-        return prom
+    configured = bool(settings.telemetry.prom_url) and settings.process.simulation_mode is not True
+    prom = PromClient(settings.telemetry.prom_url, settings.query.timeout_ms / 1000) if configured else None
+    mode, prom = await keep_live(
+        runtime.deps, "prometheus", settings.process.simulation_mode, prom,
+        target=settings.telemetry.prom_url, detail="Prometheus HTTP API",
+        unanswered="Prometheus not answering (SIMULATION_MODE=false)",
+    )  # fmt: skip
     if prom is not None:
-        await prom.close()
+        return prom
     detail = "Prometheus not answering at start-up" if mode is Mode.FALLBACK else "synthetic, from /metrics"
     runtime.deps.add("prometheus", mode, "", detail=detail, remediation=REMEDIATION)
     return None

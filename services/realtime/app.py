@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.core.config import Settings
-from services.core.deps import Mode, Registry, answers, select_mode
+from services.core.deps import Mode, Registry, answers, keep_live, select_mode
 from services.core.policy.book import open_policy_book
 from services.core.server import Runtime, ServiceSpec
 from services.realtime.access import Access
@@ -26,12 +26,14 @@ async def open_kafka(settings: Settings, deps: Registry) -> Backend:
     SIMULATION_MODE=false (publishes then fail with UNAVAILABLE instead of going somewhere else)."""
     backend = None
     reachable, detail = False, ""
-    if settings.simulation_mode is not True:
-        backend = KafkaBackend(settings.kafka_url, settings.realtime_history)
+    if settings.process.simulation_mode is not True:
+        backend = KafkaBackend(settings.realtime.kafka_url, settings.realtime.history)
         reachable, detail = await answers(backend.ping, timeout_s=None)
-    mode = select_mode(settings.simulation_mode, True, reachable)
+    mode = select_mode(settings.process.simulation_mode, True, reachable)
     if mode is Mode.LIVE and backend is not None:
-        dep = deps.add("kafka", mode, settings.kafka_url, detail="one topic per channel", check=backend.ping)
+        dep = deps.add(
+            "kafka", mode, settings.realtime.kafka_url, detail="one topic per channel", check=backend.ping
+        )
         if not reachable:
             deps.mark("kafka", False, detail)
         dep.remediation = KAFKA_REMEDIATION
@@ -39,30 +41,30 @@ async def open_kafka(settings: Settings, deps: Registry) -> Backend:
     if backend is not None:
         await backend.close()
     deps.add("kafka", mode, "in-process", required=False, detail=detail, remediation=KAFKA_REMEDIATION)
-    return MemoryBackend(settings.realtime_history)
+    return MemoryBackend(settings.realtime.history)
 
 
 async def open_backend(settings: Settings, deps: Registry) -> Backend:
     """KAFKA_URL -> Kafka; REDIS_URL -> Redis Streams (live); else the in-process broker (embedded, or
     fallback when down)."""
-    if settings.kafka_url:
+    if settings.realtime.kafka_url:
         return await open_kafka(settings, deps)
-    client = None
-    reachable = False
-    if settings.redis_url and settings.simulation_mode is not True:
+    live = None
+    if settings.redis.url and settings.process.simulation_mode is not True:
         import redis.asyncio as redis
 
         # socket_timeout above the follower's XREAD BLOCK time, or every idle follow would time out.
-        client = redis.from_url(settings.redis_url, socket_timeout=15, socket_connect_timeout=2)
-        reachable = (await answers(client.ping, timeout_s=None))[0]
-    mode = select_mode(settings.simulation_mode, bool(settings.redis_url), reachable)
-    if mode is Mode.LIVE and client is not None:
-        deps.add("redis", mode, settings.redis_url, detail="streams, MAXLEN ~history", check=client.ping)
-        return RedisBackend(client, settings.realtime_history)
-    if client is not None:
-        await client.aclose()
+        client = redis.from_url(settings.redis.url.reveal(), socket_timeout=15, socket_connect_timeout=2)
+        live = RedisBackend(client, settings.realtime.history)
+    mode, backend = await keep_live(
+        deps, "redis", settings.process.simulation_mode, live,
+        target=settings.redis.url.reveal(), detail="streams, MAXLEN ~history",
+        unanswered="Redis not answering (SIMULATION_MODE=false: no fallback)", timeout_s=None,
+    )  # fmt: skip
+    if backend is not None:
+        return backend
     deps.add("redis", mode, "in-process", required=False, remediation=REMEDIATION)
-    return MemoryBackend(settings.realtime_history)
+    return MemoryBackend(settings.realtime.history)
 
 
 async def build(runtime: Runtime) -> list[ServiceSpec]:

@@ -27,6 +27,7 @@ from kafka.errors import KafkaError, TopicAlreadyExistsError
 
 from services.core.blocking import Blocking
 from services.core.errors import Unavailable
+from services.realtime.protocol import now_ms
 
 log = logging.getLogger("launchpad.realtime")
 
@@ -62,10 +63,6 @@ class Backend(Protocol):
     # Raises EpochChanged when the sequence it follows started over.
     def follow(self, channel: str, after: int, epoch: str) -> AsyncIterator[Entry]: ...
     async def close(self) -> None: ...
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _history(entries: list[Entry], offset: int, top: int) -> History:
@@ -210,6 +207,9 @@ class RedisBackend:
                 for entry_id, fields in rows:
                     cursor = entry_id.decode()
                     yield _entry(entry_id, fields)
+
+    async def ping(self) -> None:
+        await self._redis.ping()
 
     async def close(self) -> None:
         await self._redis.aclose()

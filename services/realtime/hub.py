@@ -1,11 +1,9 @@
-"""Local fan-out: one follower per channel this process has subscribers for, bounded queues per connection.
+"""Local fan-out: one follower per channel this process has subscribers for, a bounded outbox per connection.
 
-Backpressure rule (the documented one): every connection has a bounded frame queue (QUEUE_LIMIT frames).
-Fan-out never waits for a client. When a frame finds the queue full, that client is the slow one: its queue is
-dropped, it is unsubscribed from everything at once, `realtime_slow_client_disconnects_total` goes up, and its
-stream ends with RESOURCE_EXHAUSTED (the edge sends an error frame with that code and closes 1013) -- as soon
-as its transport takes the next write, or when it goes away. Other clients are never slowed: they have their
-own queues and the follower only appends.
+The backpressure rule is protocol.Outbox's: a slow client's stream ends with RESOURCE_EXHAUSTED. Here it is
+also unsubscribed from everything at once and `realtime_slow_client_disconnects_total` goes up; its stream
+ends as soon as its transport takes the next write, or when it goes away. Other clients are never slowed:
+they have their own outboxes and the follower only appends.
 """
 
 from __future__ import annotations
@@ -14,23 +12,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 from prometheus_client import Counter, Gauge
 
 from launchpad.realtime.v1 import realtime_pb2
 from services.core.context import Principal
-from services.core.errors import ResourceExhausted, ServiceError, Unavailable
-from services.realtime.backends import Backend, Entry, EpochChanged, now_ms
+from services.core.errors import ServiceError, Unavailable
+from services.realtime import protocol
+from services.realtime.backends import Backend, Entry, EpochChanged
 
 log = logging.getLogger("launchpad.realtime")
 
-QUEUE_LIMIT = 256
 HEARTBEAT_TOPIC = "naksha.telemetry"
 HEARTBEAT_S = 1.0
 QUIET_S = 2.0  # a heartbeat only when nothing real was published on the channel for this long
@@ -44,57 +40,18 @@ SLOW_DISCONNECTS = Counter(
 _DELIVERED_REAL, _DELIVERED_SYNTHETIC = DELIVERED.labels("false"), DELIVERED.labels("true")
 
 
-def timestamp(ms: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromMilliseconds(ms)
-    return stamp
-
-
-class Connection:
-    """One stream's outbox (a client's, or an edge's relay): a bounded deque plus the reason the stream must
-    end, if any. Frames are ConnectResponse, or RelayResponse on a relay."""
+class Connection(protocol.Outbox[Any]):
+    """One stream's outbox (a client's, or an edge's relay) and its subscriptions (by topic; by channel on a
+    relay), which `on_overflow` (the hub's drop) ends at once when the outbox overflows. Frames are
+    ConnectResponse, or RelayResponse on a relay."""
 
     def __init__(self, on_overflow: Callable[[Connection], None], limit: int | None = None) -> None:
-        self.frames: deque[Any] = deque()
-        self.limit = QUEUE_LIMIT if limit is None else limit
+        super().__init__(limit, lambda: self._overflowed(on_overflow))
         self.subscriptions: dict[str, Subscription] = {}
-        self.failure: ServiceError | BaseException | None = None
-        self.ended = False
-        self._wakeup = asyncio.Event()
-        self._on_overflow = on_overflow
 
-    def offer(self, frame: Any) -> None:
-        if self.failure is not None or self.ended:
-            return
-        if len(self.frames) >= self.limit:
-            self.frames.clear()
-            SLOW_DISCONNECTS.inc()
-            self.fail(ResourceExhausted(f"slow client: more than {self.limit} frames waiting; reconnect"))
-            self._on_overflow(self)
-            return
-        self.frames.append(frame)
-        self._wakeup.set()
-
-    def fail(self, failure: ServiceError | BaseException) -> None:
-        if self.failure is None:
-            self.failure = failure
-        self._wakeup.set()
-
-    def end(self) -> None:
-        self.ended = True
-        self._wakeup.set()
-
-    async def next(self, timeout: float | None) -> Any:
-        """The next frame; None when the stream ends normally; raises the failure; TimeoutError on timeout."""
-        while True:
-            if self.failure is not None:
-                raise self.failure
-            if self.frames:
-                return self.frames.popleft()
-            if self.ended:
-                return None
-            self._wakeup.clear()
-            await asyncio.wait_for(self._wakeup.wait(), timeout)
+    def _overflowed(self, on_overflow: Callable[[Connection], None]) -> None:
+        SLOW_DISCONNECTS.inc()
+        on_overflow(self)
 
 
 @dataclass(slots=True, eq=False)
@@ -106,37 +63,24 @@ class Reader:
     revision: int | None
 
 
-class Subscription:
-    """One connection on one channel: delivers each offset once, in order; buffers while recovering.
+class Subscription(protocol.Subscription[Entry]):
+    """One connection on one channel (each offset once, in order; live entries wait while the history is read).
 
     `readers` are those it delivers for: one (key 0) on a client's Connect stream; on an edge's relay, one
     per socket subscribed through it (keyed by the id of that socket's subscribe)."""
 
     def __init__(self, conn: Connection, tenant: str, topic: str, channel: str) -> None:
+        super().__init__()
         self.conn, self.tenant, self.topic, self.channel = conn, tenant, topic, channel
         self.readers: dict[int, Reader] = {}
         self.epoch = ""
-        self.last = 0
-        self.pending: list[Entry] | None = []  # live entries that arrive while the history is read
 
-    def deliver(self, entry: Entry) -> None:
-        if self.pending is not None:
-            self.pending.append(entry)
-            return
-        if entry.offset <= self.last:
-            return  # already delivered (history and live overlap)
-        self.last = entry.offset
+    def emit(self, item: Entry) -> None:
         _DELIVERED_REAL.inc()
-        self.emit(message_frame(self.topic, self.epoch, entry))
+        self.send(protocol.message_frame(self.topic, self.epoch, item))
 
-    def emit(self, frame: realtime_pb2.ConnectResponse) -> None:
+    def send(self, frame: realtime_pb2.ConnectResponse) -> None:
         self.conn.offer(frame)
-
-    def start(self, replay: list[Entry]) -> None:
-        """Replays `replay`, then whatever arrived meanwhile, and goes live."""
-        pending, self.pending = self.pending or [], None
-        for entry in [*replay, *pending]:
-            self.deliver(entry)
 
     def revoke(self, key: int, failure: ServiceError) -> bool:
         """Ends reader `key`'s access with `failure` (an error frame for the topic; the stream goes on).
@@ -144,7 +88,7 @@ class Subscription:
         if self.readers.pop(key, None) is None or self.conn.subscriptions.get(self.topic) is not self:
             return False  # already gone (unsubscribed, resubscribed or the stream ended)
         del self.conn.subscriptions[self.topic]
-        self.conn.offer(error_frame(failure, self.topic))
+        self.conn.offer(protocol.error_frame(failure, self.topic))
         return True
 
 
@@ -152,39 +96,19 @@ class RelaySubscription(Subscription):
     """An edge process's one subscription to a channel: frames go out tagged with the tenant. Its readers
     are the edge's sockets on the channel; the edge unsubscribes each as it leaves."""
 
-    def emit(self, frame: realtime_pb2.ConnectResponse) -> None:
-        self.conn.offer(realtime_pb2.RelayResponse(tenant=self.tenant, frame=frame))
+    def send(self, frame: realtime_pb2.ConnectResponse) -> None:
+        self.conn.offer(protocol.relayed(self.tenant, frame))
 
     def revoke(self, key: int, failure: ServiceError) -> bool:
         """Ends one socket's subscription: the error frame goes out with the id of that socket's subscribe
         (the edge sends it to that socket alone); the channel goes when its last socket did."""
         if self.readers.pop(key, None) is None or self.conn.subscriptions.get(self.channel) is not self:
             return False
-        frame = error_frame(failure, self.topic)
-        self.conn.offer(realtime_pb2.RelayResponse(tenant=self.tenant, id=key, frame=frame))
+        self.conn.offer(protocol.relayed(self.tenant, protocol.error_frame(failure, self.topic), key))
         if self.readers:
             return False
         del self.conn.subscriptions[self.channel]
         return True
-
-
-def error_frame(exc: ServiceError, topic: str = "") -> realtime_pb2.ConnectResponse:
-    return realtime_pb2.ConnectResponse(
-        type="error", topic=topic, error=realtime_pb2.FrameError(code=exc.code.name, message=exc.message)
-    )
-
-
-def message_frame(topic: str, epoch: str, entry: Entry) -> realtime_pb2.ConnectResponse:
-    message = struct_pb2.Value()
-    message.ParseFromString(entry.payload)
-    return realtime_pb2.ConnectResponse(
-        type="message",
-        topic=topic,
-        message=message,
-        offset=entry.offset,
-        epoch=epoch,
-        timestamp=timestamp(entry.timestamp_ms),
-    )
 
 
 class Hub:
@@ -239,7 +163,7 @@ class Hub:
             async for entry in self.backend.follow(channel, after, epoch):
                 self._last_real[channel] = time.monotonic()
                 for sub in list(self._subs.get(channel, ())):
-                    sub.deliver(entry)
+                    sub.deliver(entry.offset, entry)
         except asyncio.CancelledError:
             raise
         except EpochChanged:  # offsets started over: every subscriber must resubscribe (and learns the epoch)
@@ -263,22 +187,12 @@ class Hub:
             if not channel.endswith("/" + HEARTBEAT_TOPIC) or now - self._last_real.get(channel, 0) < QUIET_S:
                 continue
             message = self._telemetry(len(subs))
-            stamp = timestamp(now_ms())
+            stamp = protocol.timestamp(protocol.now_ms())
             for sub in list(subs):
-                if sub.pending is not None:
+                if not sub.live:
                     continue
                 _DELIVERED_SYNTHETIC.inc()
-                sub.emit(
-                    realtime_pb2.ConnectResponse(
-                        type="message",
-                        topic=sub.topic,
-                        message=message,
-                        offset=sub.last,
-                        epoch=sub.epoch,
-                        timestamp=stamp,
-                        synthetic=True,
-                    )
-                )
+                sub.send(protocol.heartbeat_frame(sub.topic, sub.epoch, sub.last, message, stamp))
 
     def _telemetry(self, subscribers: int) -> struct_pb2.Value:
         """The heartbeat body: this process's own live figures, nothing invented."""

@@ -5,54 +5,35 @@ publish {topic, msg}, ping. Server frames: message / subscribed / unsubscribed /
 A refused frame (bad topic, a viewer publishing, a policy's refusal) gets an error frame and the stream goes
 on. A subscription a policy change took away gets a PERMISSION_DENIED error frame for its topic and ends;
 the stream goes on with the others (access.py). The stream ends with UNAUTHENTICATED when the caller's
-token expires, and with RESOURCE_EXHAUSTED for a slow client (the rule is in hub.py).
+token expires, and with RESOURCE_EXHAUSTED for a slow client. The frames, how they are read and answered,
+and the limits are protocol.py's (the edge's relay speaks the same protocol); this module joins, leaves and
+publishes for them.
 
 Relay is Connect for a whole edge process (internal): one subscription per channel however many sockets the
 edge has on it, each message sent once; the edge fans out. Each socket's subscribe still comes here with
 the socket's principal (topic checks, the policy decision, the starting offset, the history replay),
 answered by id; the replay goes out as that id's message frames, before its "subscribed" frame. The id
 then names that socket's subscription: the edge unsubscribes it by id when the socket leaves, and an error
-frame with that id ends it (a policy change). A relay that falls RELAY_QUEUE_LIMIT frames behind is ended
-with RESOURCE_EXHAUSTED (the edge then closes its sockets 1013 and they recover by offset).
+frame with that id ends it (a policy change). A relay that falls protocol.RELAY_QUEUE_LIMIT frames behind is
+ended with RESOURCE_EXHAUSTED (the edge then closes its sockets 1013 and they recover by offset).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from google.protobuf import struct_pb2
 
 from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.core.context import TENANT_NAME, Principal, current_principal
-from services.core.errors import (
-    InvalidArgument,
-    PermissionDenied,
-    ResourceExhausted,
-    ServiceError,
-    Unauthenticated,
-)
+from services.core.errors import InvalidArgument, PermissionDenied, ServiceError, Unauthenticated
 from services.core.policy.access import check_topic
+from services.realtime import protocol
 from services.realtime.access import Access
-from services.realtime.hub import (
-    CONNECTIONS,
-    PUBLISHED,
-    Connection,
-    Hub,
-    RelaySubscription,
-    Subscription,
-    error_frame,
-    message_frame,
-    timestamp,
-)
-
-MAX_TOPICS = 100  # subscriptions per connection
-MAX_MESSAGE_BYTES = 64 * 1024
-RELAY_QUEUE_LIMIT = 16_384  # frames an edge's relay may fall behind (the edge reads as fast as it can)
-
-Response = realtime_pb2.ConnectResponse
+from services.realtime.hub import CONNECTIONS, PUBLISHED, Connection, Hub, RelaySubscription, Subscription
 
 
 def channel_of(tenant: str, topic: str) -> str:
@@ -66,30 +47,35 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
     async def Publish(
         self, request: realtime_pb2.PublishRequest, context: Any
     ) -> realtime_pb2.PublishResponse:
-        principal = current_principal()
-        offset, stamp = await self._publish(principal, request.topic, request.msg)
+        return await self.publish(current_principal(), request)
+
+    async def publish(
+        self, principal: Principal, request: realtime_pb2.PublishRequest
+    ) -> realtime_pb2.PublishResponse:
+        offset, stamp = await self._append(principal, request.topic, request.msg)
         epoch, _ = await self._hub.backend.top(channel_of(principal.tenant, request.topic))
         return realtime_pb2.PublishResponse(
-            topic=request.topic, offset=offset, epoch=epoch, timestamp=timestamp(stamp)
+            topic=request.topic, offset=offset, epoch=epoch, timestamp=protocol.timestamp(stamp)
         )
 
-    async def _publish(self, principal: Principal, topic: str, msg: struct_pb2.Value) -> tuple[int, int]:
+    async def _append(self, principal: Principal, topic: str, msg: struct_pb2.Value) -> tuple[int, int]:
         if not principal.can_write:  # roles first: no policy lets a viewer publish
             raise PermissionDenied("publishing needs the developer or admin role")
         topic = check_topic(topic)
         payload = msg.SerializeToString()
-        if len(payload) > MAX_MESSAGE_BYTES:
-            raise InvalidArgument(f"message is over {MAX_MESSAGE_BYTES} bytes", field="msg")
+        if len(payload) > protocol.MAX_MESSAGE_BYTES:
+            raise InvalidArgument(f"message is over {protocol.MAX_MESSAGE_BYTES} bytes", field="msg")
         await self._access.admit(principal, "write", topic)
         entry = await self._hub.backend.append(channel_of(principal.tenant, topic), payload)
         PUBLISHED.labels(self._hub.backend.name).inc()
         return entry.offset, entry.timestamp_ms
 
-    async def Connect(self, requests: Any, context: Any) -> AsyncIterator[Response]:
+    async def Connect(self, requests: Any, context: Any) -> AsyncIterator[realtime_pb2.ConnectResponse]:
         principal = current_principal()
         conn = Connection(self._hub.drop)
         CONNECTIONS.inc()
-        reader = asyncio.ensure_future(self._read(requests, conn, principal))
+        client = _Stream(self, conn, principal)
+        reader = asyncio.ensure_future(_read(requests, conn, client.handle))
         try:
             while True:
                 try:
@@ -104,53 +90,11 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
             self._hub.drop(conn)
             CONNECTIONS.dec()
 
-    async def _read(self, requests: Any, conn: Connection, principal: Principal) -> None:
-        try:
-            async for request in requests:
-                try:
-                    await self._handle(request, conn, principal)
-                except ServiceError as exc:
-                    conn.offer(error_frame(exc, request.subscribe or request.topic or request.unsubscribe))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # an unexpected failure ends the stream (INTERNAL, logged by the kit)
-            conn.fail(exc)
-        else:
-            conn.end()  # the client half-closed: nothing more to do
-
-    async def _handle(self, request: realtime_pb2.ConnectRequest, conn: Connection, who: Principal) -> None:
-        if request.ping:
-            conn.offer(Response(type="pong", timestamp=timestamp(int(time.time() * 1000))))
-        elif request.subscribe or request.topic:
-            offset = request.offset if request.HasField("offset") else None
-            await self._subscribe(
-                conn, who, check_topic(request.subscribe or request.topic), offset, request.epoch
-            )
-        elif request.unsubscribe:
-            sub = conn.subscriptions.pop(request.unsubscribe, None)
-            if sub is not None:
-                self._hub.detach(sub)
-            conn.offer(Response(type="unsubscribed", topic=request.unsubscribe))
-        elif request.HasField("publish"):
-            topic = request.publish.topic
-            offset, stamp = await self._publish(who, topic, request.publish.msg)
-            epoch, _ = await self._hub.backend.top(channel_of(who.tenant, topic))
-            conn.offer(
-                Response(
-                    type="published", topic=topic, offset=offset, epoch=epoch, timestamp=timestamp(stamp)
-                )
-            )
-        else:
-            raise InvalidArgument("empty frame: set subscribe, topic, unsubscribe, publish or ping")
-
-    async def _subscribe(
+    async def join(
         self, conn: Connection, who: Principal, topic: str, offset: int | None, epoch: str
-    ) -> None:
-        old = conn.subscriptions.pop(topic, None)
-        if old is not None:
-            self._hub.detach(old)
-        elif len(conn.subscriptions) >= MAX_TOPICS:
-            raise ResourceExhausted(f"at most {MAX_TOPICS} topics per connection")
+    ) -> tuple[Subscription, realtime_pb2.ConnectResponse, list[Any]]:
+        """Subscribes a Connect stream to `topic` for `who`: the subscription (live entries wait in it), its
+        "subscribed" answer and the replay."""
         reader = await self._access.admit(who, "read", topic)  # the replay is part of the join
         sub = Subscription(conn, who.tenant, topic, channel_of(who.tenant, topic))
         sub.readers[0] = reader
@@ -160,41 +104,33 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
         sub.epoch, top = await self._hub.backend.top(sub.channel)
         replay: list[Any] = []
         recovered = False
-        if offset is not None and (not epoch or epoch == sub.epoch):
+        if offset is not None and protocol.recovers(offset, epoch, sub.epoch):
             history = await self._hub.backend.since(sub.channel, offset)
-            replay, recovered = history.entries, history.recovered
-            sub.last = min(offset, top)  # an offset from the future (another epoch in all but name): from now
-        else:
-            sub.last = top
-        if conn.subscriptions.get(topic) is not sub:
-            return  # unsubscribed, dropped or its access revoked (that error frame went out) meanwhile
-        conn.offer(Response(type="subscribed", topic=topic, offset=top, epoch=sub.epoch, recovered=recovered))
-        sub.start(replay)
+            replay, recovered = [(e.offset, e) for e in history.entries], history.recovered
+        sub.last = protocol.start_after(offset, epoch, sub.epoch, top)
+        return sub, protocol.subscribed(topic, top, sub.epoch, recovered), replay
+
+    def detach(self, sub: Subscription) -> None:
+        self._hub.detach(sub)
 
     async def Relay(self, requests: Any, context: Any) -> AsyncIterator[realtime_pb2.RelayResponse]:
-        conn = Connection(self._hub.drop, limit=RELAY_QUEUE_LIMIT)
-        reader = asyncio.ensure_future(self._read_relay(requests, conn))
+        conn = Connection(self._hub.drop, limit=protocol.RELAY_QUEUE_LIMIT)
+
+        async def handle(request: realtime_pb2.RelayRequest) -> None:
+            try:
+                await self._relay_request(request, conn)
+            except ServiceError as exc:
+                conn.offer(
+                    protocol.relayed(request.tenant, protocol.error_frame(exc, request.topic), request.id)
+                )
+
+        reader = asyncio.ensure_future(_read(requests, conn, handle))
         try:
             while (frame := await conn.next(None)) is not None:
                 yield frame
         finally:
             reader.cancel()
             self._hub.drop(conn)
-
-    async def _read_relay(self, requests: Any, conn: Connection) -> None:
-        try:
-            async for request in requests:
-                try:
-                    await self._relay_request(request, conn)
-                except ServiceError as exc:
-                    frame = error_frame(exc, request.topic)
-                    conn.offer(realtime_pb2.RelayResponse(tenant=request.tenant, id=request.id, frame=frame))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            conn.fail(exc)
-        else:
-            conn.end()
 
     async def _relay_request(self, request: realtime_pb2.RelayRequest, conn: Connection) -> None:
         if not TENANT_NAME.match(request.tenant):
@@ -222,18 +158,17 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
         epoch, top = await self._hub.backend.top(channel)
         recovered = False
         entries: list[Any] = []
-        if request.HasField("offset") and (not request.epoch or request.epoch == epoch):
+        offset = request.offset if request.HasField("offset") else None
+        if protocol.recovers(offset, request.epoch, epoch):
             history = await self._hub.backend.since(channel, request.offset)
             recovered, entries = history.recovered, history.entries
         if sub.readers.get(request.id) is not reader:
             return  # its access was revoked meanwhile: that error frame (with its id) went out instead
         for entry in entries:
-            frame = message_frame(request.topic, epoch, entry)
-            conn.offer(realtime_pb2.RelayResponse(tenant=request.tenant, id=request.id, frame=frame))
-        subscribed = Response(
-            type="subscribed", topic=request.topic, offset=top, epoch=epoch, recovered=recovered
-        )
-        conn.offer(realtime_pb2.RelayResponse(tenant=request.tenant, id=request.id, frame=subscribed))
+            frame = protocol.message_frame(request.topic, epoch, entry)
+            conn.offer(protocol.relayed(request.tenant, frame, request.id))
+        answer = protocol.subscribed(request.topic, top, epoch, recovered)
+        conn.offer(protocol.relayed(request.tenant, answer, request.id))
 
     def _relay_leave(self, conn: Connection, channel: str, key: int) -> None:
         """Socket `key` left the channel (key 0: the edge leaves the whole channel); the relay stops
@@ -247,6 +182,44 @@ class RealtimeServicer(realtime_pb2_grpc.RealtimeServiceServicer):
                 return
         del conn.subscriptions[channel]
         self._hub.detach(sub)
+
+
+class _Stream(protocol.Client[Subscription]):
+    """A client's Connect stream: its subscriptions are its connection's, decided for its principal."""
+
+    def __init__(self, servicer: RealtimeServicer, conn: Connection, who: Principal) -> None:
+        super().__init__(conn.subscriptions)
+        self._servicer, self._conn, self._who = servicer, conn, who
+
+    def send(self, frame: protocol.Frame) -> None:
+        self._conn.offer(frame)
+
+    def checked(self, topic: str) -> str:
+        return check_topic(topic)
+
+    async def join(self, topic: str, offset: int | None, epoch: str) -> None:
+        sub, answer, replay = await self._servicer.join(self._conn, self._who, topic, offset, epoch)
+        self.go_live(topic, sub, answer, replay)
+
+    def leave(self, sub: Subscription) -> None:
+        self._servicer.detach(sub)
+
+    async def publish(self, request: realtime_pb2.PublishRequest) -> realtime_pb2.PublishResponse:
+        return await self._servicer.publish(self._who, request)
+
+
+async def _read(requests: Any, conn: Connection, handle: Callable[[Any], Awaitable[None]]) -> None:
+    """Answers a stream's requests in order; the client's half-close ends the stream once its frames went
+    out, and an unexpected failure ends it with INTERNAL (logged by the kit)."""
+    try:
+        async for request in requests:
+            await handle(request)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        conn.fail(exc)
+    else:
+        conn.end()
 
 
 def _remaining(principal: Principal) -> float | None:

@@ -2,11 +2,11 @@
 (upload URL, delete), decided by the same PolicySet the dry run shows.
 
 An object is the resource `storage:<bucket>/<key>` and its record is `{bucket, key, size, content_type,
-owner}`, where `owner` is the `sub` that signed its upload (absent for objects stored before owners were
-recorded, so only `exists: false` matches it). A rule naming any `storage:` resource governs all of the
-tenant's storage; on governed storage what no rule allows is denied and a matching deny wins. Tenant admins
-are never governed, and roles still come first (a viewer never uploads, whatever a policy says). Ungoverned
-storage behaves as it always did.
+owner}`, where `owner` is the `sub` that signed its upload (absent when the upload recorded none, so only
+`exists: false` matches it). A rule naming any `storage:` resource governs all of the tenant's storage; on
+governed storage what no rule allows is denied and a matching deny wins. Tenant admins are never governed,
+and roles still come first (a viewer never uploads, whatever a policy says). Ungoverned storage answers by
+roles alone.
 
 The policies are read from the policy book on every call (one revision lookup), so a change applies to the
 very next call. A refusal is PERMISSION_DENIED naming the outcome (the deciding deny rule, or "no rule allows
@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from services.core.context import Principal
 from services.core.errors import PermissionDenied
-from services.core.objectstore import ObjectInfo
+from services.core.objects import ObjectInfo
 from services.core.policy import Decision, PolicySet, governed, kind_of, subject_of
 from services.core.policy.access import subject_governed
 

@@ -1,16 +1,6 @@
 """StorageService over gRPC: a tenant's buckets and objects on the object store (live S3 or embedded folder).
 
-Tenants see only their own buckets: the tenant's bucket "photos" is the physical bucket "<tenant>.photos"
-(underscores of the tenant name become hyphens). A dot separates them because neither a tenant slug nor a
-tenant's bucket name can contain one, so no (tenant, name) pair can land on another tenant's physical bucket
--- "<tenant>-photos" would let tenant "a" bucket "b-c" collide with tenant "a_b" bucket "c".
-
-Embedded signed URLs point at the edge and carry an HMAC-SHA256 over method, tenant, bucket, key, expiry and,
-for uploads, content type, owner (the signer's sub) and precondition; ReadObject/WriteObject verify it. An
-upload's owner and precondition travel inside the `sig` parameter (`<hmac>.<base64url JSON [owner, expect]>`):
-the edge passes `sig` through untouched, so no edge or proto change was needed to carry them. Live signed URLs
-are S3's own: downloads the SDK's, uploads ours with Content-Type and x-amz-meta-owner (and, on governed
-storage, If-None-Match / If-Match) among the signed headers, which the uploader must send as given.
+Names (a tenant's buckets, object paths) are in names.py; signed URLs and sealed page tokens in signing.py.
 
 Policies (services/storage/policies.py) decide every call of a governed caller: listings show only objects it
 may read, signed URLs and deletes are refused when it may not read or write the object. On governed storage an
@@ -23,53 +13,43 @@ policy set with the same Gate (gate_with), reading only.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import math
-import re
-import secrets
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import orjson
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from google.protobuf import json_format
-from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from launchpad.api.v1 import options_pb2
 from launchpad.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.core.config import Settings
-from services.core.context import TENANT_NAME, current_call, current_principal
+from services.core.context import current_call, current_principal
 from services.core.deps import Mode
 from services.core.errors import InvalidArgument, NotFound, PermissionDenied
-from services.core.files import create_once
-from services.core.objectstore import (
+from services.core.objects import (
     ABSENT,
     DEFAULT_CONTENT_TYPE,
     OWNER_HEADER,
     BucketInfo,
     ObjectInfo,
     ObjectStore,
-    check_bucket,
+    Upload,
     check_content_type,
     check_key,
     check_owner,
     encode_metadata,
-    open_object_store,
     page_size_of,
     page_token_after,
 )
+from services.core.objectstore import open_object_store
 from services.core.policy import compile_set
 from services.core.policy.access import subject_writes
 from services.core.policy.book import open_policy_book
 from services.core.server import Runtime, ServiceSpec
+from services.core.structs import dict_to_struct
+from services.core.structs import struct_to_dict as plain
+from services.storage.names import key_prefix, physical_bucket, split_path, tenant_buckets
 from services.storage.policies import (
     READ,
     WRITE,
@@ -80,169 +60,29 @@ from services.storage.policies import (
     object_record,
     upload_record,
 )
+from services.storage.signing import Grant, open_token, seal_token, sign, url_secret, verify
 
 DEFAULT_EXPIRES_S = 900
 MAX_EXPIRES_S = 7 * 24 * 3600  # S3's limit for SigV4 presigned URLs
-OBJECT_ROUTE = "/storage/v1/object"
-_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+
+
+def _object_route() -> str:
+    """The path prefix the edge serves objects under, read from the contract's byte_stream rule."""
+    service = storage_pb2.DESCRIPTOR.services_by_name["StorageService"]
+    path = service.methods_by_name["ReadObject"].GetOptions().Extensions[options_pb2.byte_stream].path
+    prefix, sep, rest = path.partition("/{bucket}/")
+    if not sep or rest != "{key=**}":
+        raise RuntimeError(f"ReadObject's byte_stream path must end in /{{bucket}}/{{key=**}}, got {path!r}")
+    return prefix
+
+
+OBJECT_ROUTE = _object_route()
 _METHODS = ("GET", "PUT")
 # A governed listing reads at most this many store pages per call to fill a page with objects the caller may
 # read; then it answers with what it found (possibly fewer than page_size, even none) and a token to go on.
 MAX_SCAN_PAGES = 10
 DELETE_PAGE = 1000
 DEFAULT_PROBE_LIMIT, MAX_PROBE_LIMIT = 100, 1000  # objects a live dry run looks at
-
-
-# --- names --------------------------------------------------------------------------------------------
-
-
-def tenant_slug(tenant: str) -> str:
-    if not TENANT_NAME.fullmatch(tenant):
-        raise PermissionDenied(f"invalid tenant {tenant[:40]!r}")
-    return tenant.replace("_", "-")
-
-
-def physical_bucket(tenant: str, name: str) -> str:
-    """The tenant's bucket `name` as the store names it; InvalidArgument for names S3 would reject."""
-    if not _NAME.fullmatch(name) or not 3 <= len(name) <= 63:
-        raise InvalidArgument(
-            f"invalid bucket name {name[:70]!r}: 3-63 lowercase letters, digits and hyphens, "
-            "starting and ending with a letter or digit",
-            field="bucket",
-        )
-    return check_bucket(f"{tenant_slug(tenant)}.{name}")
-
-
-def tenant_buckets(tenant: str, buckets: list[BucketInfo]) -> list[BucketInfo]:
-    prefix = f"{tenant_slug(tenant)}."
-    return [
-        BucketInfo(b.name[len(prefix) :], b.created_at)
-        for b in buckets
-        if b.name.startswith(prefix) and "." not in b.name[len(prefix) :]
-    ]
-
-
-def split_path(path: str) -> tuple[str, str]:
-    bucket, sep, key = path.partition("/")
-    if not sep or not bucket:
-        raise InvalidArgument(f"path {path[:80]!r} must be 'bucket/key'", field="path")
-    return bucket, key
-
-
-def _prefix(value: str) -> str:
-    """A listing or deletion prefix: any key start, but nothing check_key would refuse in a key."""
-    return check_key(value + "x")[:-1] if value else ""
-
-
-# --- signatures ---------------------------------------------------------------------------------------
-
-
-def _signed_text(
-    method: str, tenant: str, bucket: str, key: str, expires: int, content_type: str, grant: Grant | None
-) -> bytes:
-    # Fields cannot contain "\n" (keys, content types and owners refuse control characters; `expect` is "*",
-    # an ETag or empty): the join is unambiguous.
-    fields = [method, tenant, bucket, key, str(expires), content_type]
-    if grant is not None:
-        fields += [grant.owner, grant.expect or ""]
-    return "\n".join(fields).encode()
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """What an upload URL grants beyond its object: the owner the upload records and its precondition
-    (None: none; ABSENT: no object may be there; else the ETag of the object that must still be there)."""
-
-    owner: str
-    expect: str | None = None
-
-    def packed(self) -> str:
-        return base64.urlsafe_b64encode(orjson.dumps([self.owner, self.expect or ""])).decode().rstrip("=")
-
-    @staticmethod
-    def unpacked(text: str) -> Grant:
-        try:
-            owner, expect = orjson.loads(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
-        except (ValueError, TypeError, binascii.Error):
-            raise PermissionDenied("invalid URL signature") from None
-        if not isinstance(owner, str) or not owner or not isinstance(expect, str):
-            raise PermissionDenied("invalid URL signature")
-        return Grant(owner, expect or None)
-
-
-def sign(
-    secret: bytes,
-    method: str,
-    tenant: str,
-    bucket: str,
-    key: str,
-    expires: int,
-    ct: str = "",
-    grant: Grant | None = None,
-) -> str:
-    """The URL's `sig`: the HMAC, and for uploads the grant it covers (`<hmac>.<grant>`)."""
-    upload = method == "PUT"
-    text = _signed_text(method, tenant, bucket, key, expires, ct if upload else "", grant if upload else None)
-    mac = hmac.new(secret, text, hashlib.sha256).hexdigest()
-    return f"{mac}.{grant.packed()}" if upload and grant is not None else mac
-
-
-def verify(
-    secret: bytes, sig: storage_pb2.UrlSignature, method: str, now: float | None = None
-) -> Grant | None:
-    """PermissionDenied unless `sig` is a valid, unexpired signature for `method` on its object; an upload's
-    grant (owner, precondition) when it verifies."""
-    if sig.method != method:
-        raise PermissionDenied(f"this URL was signed for {sig.method or 'nothing'}, not {method}")
-    grant = None
-    if sig.method == "PUT":
-        _, dot, packed = sig.signature.partition(".")
-        if not dot:
-            raise PermissionDenied(
-                "this upload URL records no owner (an older URL): ask for a new upload URL"
-            )
-        grant = Grant.unpacked(packed)
-    expected = sign(secret, sig.method, sig.tenant, sig.bucket, sig.key, sig.expires, sig.content_type, grant)
-    if not hmac.compare_digest(expected.encode(), sig.signature.encode()):
-        raise PermissionDenied("invalid URL signature")
-    if sig.expires < (time.time() if now is None else now):
-        raise PermissionDenied("the signed URL has expired")
-    return grant
-
-
-# A governed listing's page token names the last key looked at, which may be one the caller may not read:
-# it goes out sealed (AES-GCM, bound to the bucket), so it says nothing but "go on from here".
-_TOKEN_KEY_LABEL = b"launchpad-storage-page-token"
-
-
-def _token_cipher(secret: bytes) -> AESGCM:
-    return AESGCM(hmac.new(secret, _TOKEN_KEY_LABEL, hashlib.sha256).digest())
-
-
-def seal_token(secret: bytes, bucket: str, token: str) -> str:
-    if not token:
-        return ""
-    nonce = secrets.token_bytes(12)
-    sealed = nonce + _token_cipher(secret).encrypt(nonce, token.encode(), bucket.encode())
-    return base64.urlsafe_b64encode(sealed).decode().rstrip("=")
-
-
-def open_token(secret: bytes, bucket: str, sealed: str) -> str:
-    if not sealed:
-        return ""
-    try:
-        raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
-        return _token_cipher(secret).decrypt(raw[:12], raw[12:], bucket.encode()).decode()
-    except (ValueError, InvalidTag):
-        raise InvalidArgument(
-            "page_token is not one this listing gave out: list again without it", field="page_token"
-        ) from None
-
-
-def url_secret(settings: Settings) -> bytes:
-    if settings.storage_url_secret:
-        return settings.storage_url_secret.encode()
-    return create_once(settings.data_dir / "storage" / "url-secret", lambda: secrets.token_bytes(32))
 
 
 # --- messages -----------------------------------------------------------------------------------------
@@ -311,7 +151,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
 
     async def ListObjects(self, request: Any, context: Any) -> storage_pb2.ListObjectsResponse:
         _, physical = self._physical(request.bucket)
-        prefix = _prefix(request.prefix)
+        prefix = key_prefix(request.prefix)
         gate = await self._gate(request.bucket)
         if gate.governed:
             objects, token = await self._readable_page(gate, physical, prefix, request)
@@ -424,7 +264,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             query["ct"] = ct
         query["sig"] = sign(self._secret, method, tenant, bucket, key, expires, ct, grant)
         path = f"{OBJECT_ROUTE}/{quote(bucket, safe='')}/{quote(key, safe='/')}"
-        return f"{self._settings.public_url}{path}?{urlencode(query)}"
+        return f"{self._settings.edge.public_url}{path}?{urlencode(query)}"
 
     async def DeleteObject(self, request: Any, context: Any) -> storage_pb2.DeleteObjectResponse:
         _audit(request.path)
@@ -448,9 +288,9 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         _, physical = self._physical(bucket)
         gate = await self._gate(bucket)
         if not gate.governed:
-            deleted = await self._store.delete_prefix(physical, _prefix(prefix))
+            deleted = await self._store.delete_prefix(physical, key_prefix(prefix))
         else:
-            deleted, kept = await self._delete_writable(gate, physical, _prefix(prefix))
+            deleted, kept = await self._delete_writable(gate, physical, key_prefix(prefix))
             current_call().audit.update(governed=True, kept=kept)
         current_call().audit["deleted"] = deleted
         return storage_pb2.DeleteObjectsResponse(deleted=deleted)
@@ -504,15 +344,8 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
             async for message in stream:
                 yield message.data
 
-        info = await self._store.write_stream(
-            physical,
-            sig.key,
-            chunks(),
-            sig.content_type,
-            self._settings.max_upload_bytes,
-            owner=grant.owner,
-            expect=grant.expect,
-        )
+        upload = Upload(sig.content_type, self._settings.storage.max_upload_bytes, grant.owner, grant.expect)
+        info = await self._store.write_stream(physical, sig.key, chunks(), upload)
         current_call().audit.update(size=info.size, owner=grant.owner)
         return storage_pb2.WriteObjectResponse(object=object_message(sig.bucket, info))
 
@@ -534,7 +367,7 @@ class StorageServicer(storage_pb2_grpc.StorageServiceServicer):
         infos = await self._store.details(physical, page.objects) if gate.needs_details else page.objects
         objects = [
             storage_pb2.ProbedObject(
-                record=_struct(object_record(bucket, info)),
+                record=dict_to_struct(object_record(bucket, info)),
                 read=gate.allows(READ, info),
                 write=writes and gate.allows(WRITE, info),
             )
@@ -554,27 +387,6 @@ def probe_limit(limit: int) -> int:
             f"limit must be 1..{MAX_PROBE_LIMIT} (0 means {DEFAULT_PROBE_LIMIT}), not {limit}", field="limit"
         )
     return limit
-
-
-def plain(struct: Struct) -> dict[str, Any]:
-    """A Struct as plain JSON; whole numbers as ints (a Struct keeps every number as a double)."""
-    return _whole(json_format.MessageToDict(struct))
-
-
-def _whole(value: Any) -> Any:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    if isinstance(value, dict):
-        return {key: _whole(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_whole(item) for item in value]
-    return value
-
-
-def _struct(value: dict[str, Any]) -> Struct:
-    struct = Struct()
-    struct.update(value)
-    return struct
 
 
 async def build(runtime: Runtime, book: PolicySource | None = None) -> list[ServiceSpec]:

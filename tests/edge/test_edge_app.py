@@ -26,8 +26,9 @@ from fastapi import FastAPI
 
 from edge import clients, codec
 from edge.app import create_app
-from edge.ratelimit import MemoryRateLimiter
-from edge.routes import RouteTable, RpcEndpoint
+from edge.middleware.rate_limit import MemoryRateLimiter
+from edge.transcoding.endpoint import RpcEndpoint
+from edge.transcoding.table import RouteTable
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
 from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from launchpad.storage.v1 import storage_pb2, storage_pb2_grpc
@@ -167,7 +168,10 @@ class Stack:
 
 def edge_app(addresses: dict[str, str], **overrides: Any) -> FastAPI:
     settings = load_settings("edge")
-    settings = dataclasses.replace(settings, addresses={**settings.addresses, **addresses})
+    settings = dataclasses.replace(
+        settings,
+        peers=dataclasses.replace(settings.peers, addresses={**settings.peers.addresses, **addresses}),
+    )
     overrides.setdefault("limiter", MemoryRateLimiter())
     return create_app(settings, **overrides)
 

@@ -4,6 +4,7 @@ one Relay stream per edge process, each message sent once upstream and fanned ou
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator
@@ -16,10 +17,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from edge import fanout
+from edge.errors import api_error, internal_message
+from launchpad.api.v1 import options_pb2
 from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.core import internal
 from services.core.config import load_settings
+from services.core.errors import Code, ServiceError
 from services.core.server import create_server, new_runtime
+from services.realtime import protocol
 from services.realtime.app import build
 from tests.edge.test_edge_app import edge_app
 from tests.edge.test_websocket import _verifier, closed_with, frame, send, serve_http
@@ -180,7 +185,7 @@ async def test_missing_token_closes_1008_and_expired_token_closes_1008(edge: Edg
 async def test_a_slow_socket_is_closed_1013_and_the_others_get_everything(
     edge: Edge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(fanout, "QUEUE_LIMIT", 8)
+    monkeypatch.setattr(protocol, "QUEUE_LIMIT", 8)
     before = fanout.SLOW_DISCONNECTS._value.get()
     # A client that stops reading: max_queue=1 pauses its reads, and a small fixed receive buffer keeps the
     # kernel from absorbing megabytes first (setting SO_RCVBUF turns autotuning off).
@@ -259,3 +264,62 @@ async def test_an_offset_from_the_future_starts_from_now(edge: Edge) -> None:
         assert subscribed["type"] == "subscribed" and subscribed["recovered"] is False
         await edge.publish("future", {"n": 1})
         assert (await until(ws, "message"))["message"] == {"n": 1}  # not held back until offset 10**9
+
+
+def test_the_relay_and_the_publish_rpc_come_from_the_contracts_websocket_option() -> None:
+    service = realtime_pb2.DESCRIPTOR.services_by_name["RealtimeService"]
+    rule = service.methods_by_name["Connect"].GetOptions().Extensions[options_pb2.websocket]
+    assert fanout._named(service, rule.relay, "relay").client_streaming
+    publish = fanout._named(service, rule.publish, "publish")
+    assert not publish.client_streaming and publish.input_type.name == "PublishRequest"
+    with pytest.raises(ValueError, match="publish names no RPC"):
+        fanout._named(service, "", "publish")
+
+
+class _FailingCall:
+    """A Relay call whose stream fails with `exc` at once."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc, self.cancelled = exc, False
+
+    def __aiter__(self) -> Any:
+        return self
+
+    async def __anext__(self) -> Any:
+        raise self.exc
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+async def test_a_relay_failure_is_described_once_through_the_one_error_mapping(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Unexpected: logged once, the sockets told only the relay's request id; a backend error: named."""
+    service = realtime_pb2.DESCRIPTOR.services_by_name["RealtimeService"]
+    relay = fanout.Relay(Any, "realtime", service.methods_by_name["Relay"], "secret")  # type: ignore[arg-type]
+    relay._request_id = "relay-test"
+    member = fanout.Member(fanout.Outbox(), ("acme", "orders"))
+    relay._channels[member.key] = {member}
+    call = _FailingCall(RuntimeError("pool exploded: password=hunter2"))
+    with caplog.at_level(logging.INFO, logger="launchpad.edge"):
+        await relay._read(call, asyncio.Queue())
+        failure = member.outbox.failure
+        assert isinstance(failure, ServiceError) and call.cancelled
+        told = api_error(failure, "socket-1")  # what each socket is told: no second log, no new id
+    assert (told.code, told.message) == (Code.INTERNAL, internal_message("relay-test"))
+    records = [r for r in caplog.records if r.name.startswith("launchpad.edge")]
+    assert [r.exc_info is not None for r in records] == [True]
+    assert "the realtime relay" in records[0].getMessage()
+
+    member = fanout.Member(fanout.Outbox(), ("acme", "orders"))
+    relay._channels[member.key] = {member}
+    down = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), "failed to connect to all"
+    )
+    await relay._read(_FailingCall(down), asyncio.Queue())
+    told = api_error(member.outbox.failure, "socket-2")  # type: ignore[arg-type]
+    assert (told.code, told.message) == (
+        Code.UNAVAILABLE,
+        "the realtime service is unavailable (cannot connect)",
+    )

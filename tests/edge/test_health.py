@@ -191,11 +191,11 @@ def test_backends_come_from_launchpad_backends(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.delenv("LAUNCHPAD_BACKENDS", raising=False)
     # The default: every service that exists as a server (services/<name>/__main__.py), in port order.
-    default = load_settings("edge").backends
+    default = load_settings("edge").peers.backends
     assert default == tuple(built_services()) and {"data", "auth", "storage"} <= set(default)
     assert list(default) == [name for name in SERVICES if name in default]
     monkeypatch.setenv("LAUNCHPAD_BACKENDS", " data, auth ,storage,")
-    assert load_settings("edge").backends == ("data", "auth", "storage")
+    assert load_settings("edge").peers.backends == ("data", "auth", "storage")
 
 
 async def test_metrics_are_prometheus_text(settings_env: Any) -> None:

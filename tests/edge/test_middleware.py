@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import AsyncIterator
@@ -10,11 +11,16 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from starlette.routing import Route
 
 from edge.errors import request_id_of
-from edge.middleware import BodyLimitMiddleware, ContentTypeMiddleware, RequestIdMiddleware
-from edge.ratelimit import MemoryRateLimiter, RateLimitMiddleware
-from edge.waf import WafMiddleware
+from edge.middleware.body_limit import BodyLimitMiddleware
+from edge.middleware.content_type import ContentTypeMiddleware
+from edge.middleware.rate_limit import MemoryRateLimiter, RateLimitMiddleware
+from edge.middleware.request_id import RequestIdMiddleware
+from edge.middleware.waf import WafMiddleware
+from edge.transcoding.rules import RouteRule
+from edge.transcoding.table import FindRoute, RouteTable
 
 LIMIT = 2 * 1024 * 1024
 JSON = {"content-type": "application/json"}
@@ -270,12 +276,43 @@ async def test_requests_without_body_need_no_content_type() -> None:
         assert (await c.delete("/api/users/bob")).status_code == 200
 
 
-async def test_exempt_prefix_streams_raw_bytes() -> None:
-    app = ContentTypeMiddleware(Echo(), exempt_prefixes=("/storage/upload/",))
+@dataclasses.dataclass
+class Ruled:
+    """A route's endpoint as FindRoute sees it: the rule it declares (never called here)."""
+
+    rule: RouteRule
+
+    def rule_for(self, http_method: str) -> RouteRule:
+        return self.rule
+
+
+def find_route(app: Any, *routes: tuple[str, str, RouteRule]) -> FindRoute:
+    """`app` behind FindRoute over (verb, path, rule) routes."""
+    table = RouteTable([Route(path, Ruled(rule), methods=[verb]) for verb, path, rule in routes])
+    return FindRoute(app, table)
+
+
+async def test_raw_body_routes_stream_raw_bytes() -> None:
+    path = "/storage/upload/{bucket}/{key:path}"
+    app = find_route(ContentTypeMiddleware(Echo()), ("PUT", path, RouteRule(raw_body=True)))
     octets = {"content-type": "application/octet-stream"}
     async with client(app) as c:
         assert (await c.put("/storage/upload/b/k", content=b"\x00\x01", headers=octets)).status_code == 200
         assert (await c.put("/storage/other", content=b"\x00\x01", headers=octets)).status_code == 415
+
+
+async def test_rules_are_per_verb_on_one_path() -> None:
+    """Two verbs on one path each get their own rule: the POST does not inherit the PUT's raw body."""
+    path = "/storage/upload/{bucket}/{key:path}"
+    app = find_route(
+        ContentTypeMiddleware(Echo()),
+        ("PUT", path, RouteRule(raw_body=True)),
+        ("POST", path, RouteRule(waf_skip=True)),
+    )
+    octets = {"content-type": "application/octet-stream"}
+    async with client(app) as c:
+        assert (await c.put("/storage/upload/b/k", content=b"\x00", headers=octets)).status_code == 200
+        assert (await c.post("/storage/upload/b/k", content=b"\x00", headers=octets)).status_code == 415
 
 
 # --- the whole stack --------------------------------------------------------------------------------------

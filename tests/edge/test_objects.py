@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
+from launchpad.storage.v1 import storage_pb2
 from services.core.config import load_settings
 from services.core.server import create_server, new_runtime
 from services.core.tokens import TokenVerifier
@@ -244,3 +249,83 @@ async def test_policies_hold_through_the_edge(settings_env: Path, monkeypatch: p
         mine = await edge.client.get("/api/storage/buckets/photos/objects", headers=edge.auth())
         assert [o["key"] for o in mine.json()["objects"]] == ["mine"]
         assert (await edge.client.get((await edge.signed("photos/mine", "GET"))["url"])).content == b"mine"
+
+
+# --- a download that fails after its headers went out ------------------------------------------------------
+
+
+async def _breaking_storage(code: grpc.StatusCode) -> tuple[grpc.aio.Server, str]:
+    """A StorageService whose ReadObject sends one chunk (headers go out), then fails with `code`."""
+
+    async def read(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        info = storage_pb2.ObjectInfo(size=10, content_type="text/plain", etag="e")
+        yield storage_pb2.ReadObjectResponse(data=b"12345", info=info)
+        await context.abort(code, "the object went away")
+
+    handler = grpc.unary_stream_rpc_method_handler(
+        read,
+        request_deserializer=storage_pb2.ReadObjectRequest.FromString,
+        response_serializer=storage_pb2.ReadObjectResponse.SerializeToString,
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("launchpad.storage.v1.StorageService", {"ReadObject": handler})]
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+async def asgi_get(app: Any, path: str) -> list[dict[str, Any]]:
+    """GET over raw ASGI: every message the app sent (a response cut short cannot be read with httpx)."""
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"sig=abc",
+        "headers": [(b"host", b"edge")],
+        "client": ("127.0.0.1", 5000),
+        "server": ("edge", 80),
+    }
+    await app(scope, receive, send)
+    return sent
+
+
+def backend_errors(service: str, code: str) -> float:
+    labels = {"service": service, "code": code}
+    return REGISTRY.get_sample_value("launchpad_edge_backend_errors_total", labels) or 0.0
+
+
+@pytest.mark.parametrize("code", ["NOT_FOUND", "DEADLINE_EXCEEDED", "INTERNAL", "UNAVAILABLE"])
+async def test_a_download_failing_after_its_headers_is_logged_once_and_counted_for_storage(
+    settings_env: Path, caplog: pytest.LogCaptureFixture, code: str
+) -> None:
+    server, address = await _breaking_storage(getattr(grpc.StatusCode, code))
+    app = edge_app({"storage": address}, verifier=TokenVerifier(TEST_KEYS, ISSUER, AUDIENCE))
+    before = backend_errors("storage", code), backend_errors("", code)
+    try:
+        with caplog.at_level(logging.INFO, logger="launchpad.edge"):
+            sent = await asgi_get(app, "/storage/v1/object/photos/a.txt")
+    finally:
+        await app.state.edge.backends.close()
+        await server.stop(None)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert [m.get("body") for m in sent[1:]] == [b"12345"]  # cut short: never a final body message
+    assert (backend_errors("storage", code), backend_errors("", code)) == (before[0] + 1, before[1])
+    late = [r for r in caplog.records if "after its response started" in r.getMessage()]
+    assert len(late) == 1 and late[0].levelno == logging.ERROR and late[0].exc_info is not None
+    assert code in "".join(traceback.format_exception(*late[0].exc_info))  # the backend's status, quoted
+    assert not [r for r in caplog.records if "edge:  " in r.getMessage()]  # never an empty service name

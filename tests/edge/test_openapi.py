@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
-from edge import routes
+from edge.transcoding import discovery
+from edge.transcoding import specs as route_specs
 from tests.edge.test_edge_app import _static_verifier, edge_app
 
 
@@ -44,7 +45,7 @@ def _refs(node: Any) -> list[str]:
 
 def test_every_http_route_of_the_contracts_is_documented(document: dict[str, Any]) -> None:
     assert document["openapi"] == "3.1.0"
-    specs, sockets = routes.build_specs(routes.contract_services())
+    specs, sockets = route_specs.build_specs(discovery.contract_services())
     for spec in specs:
         assert spec.http_method.lower() in document["paths"][spec.openapi_path], spec.template
     for socket in sockets:

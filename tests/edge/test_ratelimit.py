@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import ec
 from prometheus_client import REGISTRY
 
-from edge.ratelimit import MemoryRateLimiter, RateLimitMiddleware, RedisRateLimiter, make_limiter
-from services.core.config import load_settings
+from edge.middleware.rate_limit import MemoryRateLimiter, RateLimitMiddleware, RedisRateLimiter, make_limiter
+from services.core.config import SecretUrl, load_settings
 from services.core.tokens import TokenVerifier
 from tests.support import AUDIENCE, ISSUER, TEST_KEYS, make_token
 
@@ -321,6 +321,10 @@ async def test_redis_down_fails_open_to_memory_and_counts() -> None:
 async def test_make_limiter_follows_redis_url(settings_env: Path) -> None:
     settings = load_settings("edge")
     assert isinstance(make_limiter(settings), MemoryRateLimiter)
-    redis_limiter = make_limiter(dataclasses.replace(settings, redis_url="redis://127.0.0.1:6379/0"))
+    redis_limiter = make_limiter(
+        dataclasses.replace(
+            settings, redis=dataclasses.replace(settings.redis, url=SecretUrl("redis://127.0.0.1:6379/0"))
+        )
+    )
     assert isinstance(redis_limiter, RedisRateLimiter)
     await redis_limiter._client.aclose()

@@ -17,9 +17,10 @@ import pytest
 from google.api import annotations_pb2, http_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from edge import routes
 from edge.app import create_app
-from edge.ratelimit import MemoryRateLimiter
+from edge.middleware.rate_limit import MemoryRateLimiter
+from edge.transcoding import discovery, templates
+from edge.transcoding import specs as route_specs
 from launchpad.api.v1 import options_pb2
 from services.core.config import load_settings
 from services.core.tokens import TokenVerifier
@@ -137,7 +138,10 @@ async def echo_edge() -> AsyncIterator[Echo]:
     await server.start()
     settings = load_settings("edge")
     settings = dataclasses.replace(
-        settings, addresses={**settings.addresses, "echotest": f"127.0.0.1:{port}"}
+        settings,
+        peers=dataclasses.replace(
+            settings.peers, addresses={**settings.peers.addresses, "echotest": f"127.0.0.1:{port}"}
+        ),
     )
     app = create_app(
         settings,
@@ -179,7 +183,7 @@ async def echo(settings_env: Any) -> AsyncIterator[Echo]:
 def test_templates_compile_to_starlette_paths(
     template: str, path: str, openapi: str, fields: list[str]
 ) -> None:
-    compiled, openapi_path, variables = routes.compile_template(template, EchoRequest.DESCRIPTOR)
+    compiled, openapi_path, variables = templates.compile_template(template, EchoRequest.DESCRIPTOR)
     assert compiled.startswith(path)
     assert openapi_path == openapi
     assert [v.field for v in variables] == fields
@@ -191,16 +195,16 @@ def test_templates_compile_to_starlette_paths(
 )
 def test_bad_templates_fail_at_start_up(template: str) -> None:
     with pytest.raises(ValueError):
-        routes.compile_template(template, EchoRequest.DESCRIPTOR)
+        templates.compile_template(template, EchoRequest.DESCRIPTOR)
 
 
 def test_every_http_binding_of_the_contracts_becomes_a_route() -> None:
     from google.api import annotations_pb2 as api
 
-    specs, sockets = routes.build_specs(routes.contract_services())
+    specs, sockets = route_specs.build_specs(discovery.contract_services())
     routed = {(s.http_method, s.template) for s in specs}
     expected = set()
-    for service in routes.contract_services():
+    for service in discovery.contract_services():
         for method in service.methods:
             options = method.GetOptions()
             if options.HasExtension(api.http):
@@ -214,7 +218,7 @@ def test_every_http_binding_of_the_contracts_becomes_a_route() -> None:
 
 
 def test_route_specs_carry_policy_deadline_and_backend() -> None:
-    specs, _ = routes.build_specs(routes.contract_services())
+    specs, _ = route_specs.build_specs(discovery.contract_services())
     by_template = {(s.http_method, s.template): s for s in specs}
     query = by_template[("POST", "/api/data/query")]
     assert (query.service, query.timeout_s, query.body, query.policy.public) == ("data", 35.0, "*", False)
@@ -224,7 +228,7 @@ def test_route_specs_carry_policy_deadline_and_backend() -> None:
 
 
 def test_literal_routes_are_tried_before_templates() -> None:
-    specs, _ = routes.build_specs(routes.contract_services())
+    specs, _ = route_specs.build_specs(discovery.contract_services())
     first_template = next(i for i, s in enumerate(specs) if s.variables)
     assert all(s.variables for s in specs[first_template:])
 
@@ -232,12 +236,12 @@ def test_literal_routes_are_tried_before_templates() -> None:
 def test_contract_mistakes_fail_at_start_up() -> None:
     method = ECHO.methods_by_name["Get"]
     with pytest.raises(ValueError, match="bound twice"):
-        routes.build_specs([ECHO, ECHO])
+        route_specs.build_specs([ECHO, ECHO])
     with pytest.raises(ValueError, match="body"):
-        routes._check_body(method, "nope", "")
-    streaming = routes.contract_services()
+        route_specs._check_body(method, "nope", "")
+    streaming = discovery.contract_services()
     logs = next(s for s in streaming if s.name == "LogsService").methods_by_name["Tail"]
-    assert routes.method_routes(logs) == []  # streams are WebSocket routes, not http ones
+    assert route_specs.method_routes(logs) == []  # streams are WebSocket routes, not http ones
 
 
 # ---------------------------------------------------------------------------------- transcoding

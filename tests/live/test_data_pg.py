@@ -25,7 +25,7 @@ from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from services.core.config import load_settings
 from services.core.deps import Mode
 from services.data.backend import tenant_secret
-from services.data.pg_backend import LAYOUT, TenantNames, role_password, scram_verifier
+from services.data.pg_provision import LAYOUT, TenantNames, role_password, scram_verifier
 from services.data.servicer import build
 from tests.conftest import LIVE_ENV
 from tests.services.test_data import Data, fails, values

@@ -16,15 +16,9 @@ import psycopg2.extensions
 import pytest
 
 from services.core.config import load_settings
-from services.core.db import (
-    MigrationError,
-    UniqueViolation,
-    load_migrations,
-    migrate_pg,
-    open_platform_db,
-    pg_connect_kwargs,
-)
+from services.core.db import UniqueViolation, open_platform_db, pg_connect_kwargs
 from services.core.deps import Mode, Registry
+from services.core.migrations import MigrationError, load_migrations, migrate_pg
 from tests.conftest import LIVE_ENV
 from tests.support import PrivateDatabase, need_env, pg_admin
 

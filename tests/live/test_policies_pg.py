@@ -29,7 +29,7 @@ from services.core.db import open_platform_db
 from services.core.deps import Registry
 from services.data import pg_rls
 from services.data.backend import tenant_secret
-from services.data.pg_backend import TenantNames, role_password
+from services.data.pg_provision import TenantNames, role_password
 from services.data.servicer import build
 from tests.conftest import LIVE_ENV
 from tests.services.test_data import fails, values

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 
 from launchpad.auth.v1 import auth_pb2
 from launchpad.data.v1 import data_pb2
-from services.auth.structs import dict_to_struct, struct_to_dict
+from services.core.structs import dict_to_struct, struct_to_dict
 from tests.conftest import LIVE_ENV
 from tests.services.live_support import Stack, live_stack
 from tests.services.test_data import values

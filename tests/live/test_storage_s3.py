@@ -21,7 +21,8 @@ from launchpad.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.core.config import load_settings
 from services.core.deps import Mode, Registry
 from services.core.objectstore import open_object_store
-from services.storage.servicer import build, physical_bucket
+from services.storage.names import physical_bucket
+from services.storage.servicer import build
 from tests.services.test_storage_policies import NO_SECRETS, OWN_OBJECTS, Book
 from tests.support import make_token, metadata, running_service
 

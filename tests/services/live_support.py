@@ -23,7 +23,6 @@ from launchpad.data.v1 import data_pb2, data_pb2_grpc
 from launchpad.realtime.v1 import realtime_pb2_grpc
 from launchpad.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.auth.app import build as build_auth
-from services.auth.structs import dict_to_struct, struct_to_dict
 from services.core.config import load_settings
 from services.core.context import current_principal
 from services.core.errors import InvalidArgument
@@ -31,6 +30,7 @@ from services.core.interceptors import INTERNAL_CALLER
 from services.core.policy import compile_set
 from services.core.policy.access import subject_governed, subject_writes
 from services.core.server import Runtime, ServiceSpec, create_server, new_runtime
+from services.core.structs import dict_to_struct, struct_to_dict
 from services.data.servicer import build as build_data
 from services.realtime.app import build as build_realtime
 from services.storage.servicer import build as build_storage

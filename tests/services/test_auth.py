@@ -462,12 +462,12 @@ async def test_passwords_and_hashes_never_leave_the_service(auth: Auth) -> None:
     assert not [s for s in secrets if s in seen]
     assert "password" not in seen
     # Nor in the audit log (which records who was targeted) or the service log.
-    audit = (auth.runtime.settings.audit_path).read_text()
+    audit = (auth.runtime.settings.process.audit_path).read_text()
     assert '"target":"gina"' in audit
-    log_dir = auth.runtime.settings.log_dir
+    log_dir = auth.runtime.settings.process.log_dir
     for text in (audit, *(p.read_text() for p in log_dir.glob("*.log"))):
         assert not [s for s in secrets if s in text]
-    assert verify_chain(auth.runtime.settings.audit_path).ok
+    assert verify_chain(auth.runtime.settings.process.audit_path).ok
 
 
 async def test_a_hash_with_old_parameters_is_upgraded_at_login(auth: Auth) -> None:
@@ -648,7 +648,7 @@ async def test_generated_admin_password_is_shown_once(
             auth_pb2.LoginRequest(username="admin", password=password), metadata=metadata()
         )
         assert response.user.roles == ["admin"]
-        log_text = (runtime.settings.log_dir / "auth.log").read_text()
+        log_text = (runtime.settings.process.log_dir / "auth.log").read_text()
     err = capfd.readouterr().err
     assert f"initial password for user 'admin': {password}" in err
     assert password not in log_text and "initial-admin-password" in log_text

@@ -382,7 +382,7 @@ async def test_every_change_is_audited_with_the_policy_and_the_sha256_of_what_is
         sha256_of(OWN_ROWS),
     )
     assert (delete_event["sha256"], delete_event["revision"]) == (sha256_of(replaced), 3)  # what was deleted
-    assert verify_chain(auth.runtime.settings.audit_path).ok
+    assert verify_chain(auth.runtime.settings.process.audit_path).ok
 
 
 # ----------------------------------------------------------------------------------------- policy book
@@ -436,7 +436,7 @@ def _details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
 
 
 def _audit(auth: Auth) -> list[dict[str, Any]]:
-    return [orjson.loads(line) for line in auth.runtime.settings.audit_path.read_bytes().splitlines()]
+    return [orjson.loads(line) for line in auth.runtime.settings.process.audit_path.read_bytes().splitlines()]
 
 
 # ------------------------------------------------------------------------- the data service's answers

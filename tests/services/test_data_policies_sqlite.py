@@ -24,7 +24,8 @@ from services.core.errors import InvalidArgument, PermissionDenied
 from services.core.policy import PolicySet, compile_set
 from services.data.servicer import build
 from services.data.sqlite_backend import SqliteTenants
-from services.data.sqlite_policies import Guard, Shield, statement_mode, tokenize
+from services.data.sqlite_policies import Guard, Shield, statement_mode
+from services.data.sqlite_tokens import tokenize
 from tests.services.test_data import fails, values
 from tests.support import make_token, metadata, running_service
 

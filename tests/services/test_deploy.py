@@ -91,7 +91,9 @@ class Deploy:
         return path
 
     def audit(self) -> list[dict[str, Any]]:
-        return [orjson.loads(line) for line in self.runtime.settings.audit_path.read_bytes().splitlines()]
+        return [
+            orjson.loads(line) for line in self.runtime.settings.process.audit_path.read_bytes().splitlines()
+        ]
 
 
 async def fails(awaitable: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -166,7 +168,7 @@ async def test_pack_sign_deploy_end_to_end_with_audited_sha256(svc: Deploy) -> N
     for action in ("PackWpk", "SignArtifact", "DeployArtifact"):
         assert events[action]["sha256"] == packed.sha256 and events[action]["outcome"] == "ok"
         assert events[action]["actor"] == "alice" and events[action]["tenant"] == "acme"
-    assert verify_chain(svc.runtime.settings.audit_path).ok
+    assert verify_chain(svc.runtime.settings.process.audit_path).ok
     assert counter("wpk_pack", outcome="ok") == before[0] + 1
     assert counter("wpk_deploy", outcome="ok") == before[1] + 1
 

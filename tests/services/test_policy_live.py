@@ -26,12 +26,12 @@ from launchpad.realtime.v1 import realtime_pb2
 from launchpad.storage.v1 import storage_pb2
 from services.auth.app import build as build_auth
 from services.auth.store import AuthStore
-from services.auth.structs import dict_to_struct, struct_to_dict
 from services.core.config import load_settings
 from services.core.db import open_platform_db
 from services.core.deps import Registry
 from services.core.interceptors import DETAILS_KEY
 from services.core.policy.book import NO_MIGRATIONS
+from services.core.structs import dict_to_struct, struct_to_dict
 from tests.services.live_support import TENANT, Stack, live_stack, serve
 from tests.services.test_data import values
 from tests.services.test_realtime import Client, value
@@ -419,7 +419,7 @@ async def test_every_live_dry_run_is_audited_with_target_subject_and_candidate(a
     await acme.live("ada", bucket="photos", policy=READ_ALL, subject={"sub": "dev2", "roles": ["developer"]})
     await acme.live("dev1", topic="news")
     await acme.refused("dev1", grpc.StatusCode.PERMISSION_DENIED, table="notes", subject={"sub": "dev2"})
-    lines = acme.stack.auth_runtime.settings.audit_path.read_bytes().splitlines()
+    lines = acme.stack.auth_runtime.settings.process.audit_path.read_bytes().splitlines()
     events = [e for e in map(orjson.loads, lines) if e["action"].endswith("DryRunPolicy")]
     assert [(e["actor"], e["target"], e["code"]) for e in events] == [
         ("ada", "storage:photos", "OK"), ("dev1", "realtime:news", "OK"), ("dev1", "notes", "PERMISSION_DENIED"),

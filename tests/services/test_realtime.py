@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 
 from launchpad.realtime.v1 import realtime_pb2, realtime_pb2_grpc
 from services.realtime import hub as hub_module
+from services.realtime import protocol
 from services.realtime.app import build
 from tests.support import make_token, metadata, running_service
 
@@ -173,7 +174,7 @@ async def test_recovery_beyond_the_bounded_history_says_not_recovered(
 async def test_a_slow_client_is_disconnected_and_others_are_not(
     stub: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hub_module, "QUEUE_LIMIT", 16)
+    monkeypatch.setattr(protocol, "QUEUE_LIMIT", 16)
     before = hub_module.SLOW_DISCONNECTS._value.get()
     slow, fast = Client(stub, make_token("slow")), Client(stub, make_token("fast"))
     for c in (slow, fast):

@@ -20,7 +20,7 @@ import pytest
 from launchpad.storage.v1 import storage_pb2, storage_pb2_grpc
 from services.core.audit import verify_chain
 from services.core.deps import Mode
-from services.core.objectstore import decode_metadata, encode_metadata
+from services.core.objects import decode_metadata, encode_metadata
 from services.storage.servicer import build
 from tests.support import make_token, metadata, running_service
 
@@ -196,7 +196,7 @@ async def test_bad_keys_are_invalid_argument(storage: Storage, path: str) -> Non
 async def test_bucket_names_s3_would_reject_are_invalid_argument(storage: Storage, name: str) -> None:
     code, _ = await fails(storage.create(name))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
-    assert not list((storage.runtime.settings.data_dir / "buckets").glob("*"))
+    assert not list((storage.runtime.settings.process.data_dir / "buckets").glob("*"))
 
 
 async def test_an_upload_over_the_limit_is_refused_and_leaves_no_file(
@@ -290,7 +290,7 @@ async def test_deletes_remove_objects_and_every_mutation_is_audited(storage: Sto
         storage_pb2.ListObjectsRequest(bucket="photos"), metadata=storage.dev
     )
     assert list(listed.objects) == []
-    audit = storage.runtime.settings.audit_path
+    audit = storage.runtime.settings.process.audit_path
     events = [orjson.loads(line) for line in audit.read_bytes().splitlines()]
     targets = {(e["action"].rsplit("/", 1)[-1], e.get("target")) for e in events if e["outcome"] == "ok"}
     assert {

@@ -23,9 +23,10 @@ from services.auth.store import AuthStore, PolicyRecord
 from services.core.config import load_settings
 from services.core.db import open_platform_db
 from services.core.deps import Registry
-from services.core.objectstore import FolderStore
+from services.core.folderstore import FolderStore
 from services.core.policy import PolicySet, compile_set
-from services.storage.servicer import MAX_SCAN_PAGES, build, physical_bucket
+from services.storage.names import physical_bucket
+from services.storage.servicer import MAX_SCAN_PAGES, build
 from tests.services.test_storage import fails, signature_of
 from tests.support import make_token, metadata, running_service
 
@@ -290,7 +291,9 @@ async def test_a_prefix_delete_removes_only_the_callers_objects(acme: Tenant) ->
     assert await acme.admin.keys("photos") == ["b", "d", "nested/x"]
     assert await acme.dev1.delete_prefix("photos/") == 0
     assert await acme.viewer.keys("photos") == []
-    events = [orjson.loads(line) for line in acme.runtime.settings.audit_path.read_bytes().splitlines()]
+    events = [
+        orjson.loads(line) for line in acme.runtime.settings.process.audit_path.read_bytes().splitlines()
+    ]
     prefix_deletes = [e for e in events if e["action"].endswith("DeleteObjects")]
     assert [(e["deleted"], e["kept"]) for e in prefix_deletes] == [
         (3, 3),
@@ -361,7 +364,7 @@ async def test_unknown_fields_in_conditions_deny(acme: Tenant) -> None:
 
 
 async def test_objects_stored_before_owners_were_recorded_have_none(acme: Tenant) -> None:
-    old = FolderStore(acme.runtime.settings.data_dir / "buckets")
+    old = FolderStore(acme.runtime.settings.process.data_dir / "buckets")
     try:
         await old.put(physical_bucket(TENANT, "photos"), "legacy", b"old", "text/plain")
     finally:

@@ -14,9 +14,9 @@ import grpc
 import pytest
 
 from launchpad.storage.v1 import storage_pb2
-from services.auth.structs import dict_to_struct, struct_to_dict
 from services.core import internal
 from services.core.internal import internal_secret
+from services.core.structs import dict_to_struct, struct_to_dict
 from services.storage.servicer import MAX_PROBE_LIMIT
 from tests.services.test_storage_policies import (
     ALLOW_ALL,

@@ -1,13 +1,26 @@
 """Pure parts of the AI service: reading a model's reply, cleaning SQL, words of names, identifier quoting,
-and the validator's own checks (with a stub EXPLAIN)."""
+the embedded generator's parser and renderer apart, and the validator's own checks (with a stub EXPLAIN)."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
 from services.ai.llm import parse_answer, parse_suggestions
-from services.ai.render import ident, literal
-from services.ai.schema import CannotAnswer, Column, Plan, Schema, Table, identifier_words, singular
+from services.ai.parser.pipeline import parse
+from services.ai.query import Agg, Cond, Exists, Join, Order, Query, Rows
+from services.ai.render import explain, ident, literal, render
+from services.ai.schema import (
+    CannotAnswer,
+    Column,
+    ForeignKey,
+    Plan,
+    Schema,
+    Table,
+    identifier_words,
+    singular,
+)
 from services.ai.validate import Verdict, clean, validate
 
 
@@ -205,7 +218,6 @@ async def test_quoted_mixed_case_names_are_known_on_postgres() -> None:
 
 async def test_a_table_without_columns_is_a_plain_refusal_not_a_crash() -> None:
     from services.ai.embedded import generate
-    from services.ai.schema import ForeignKey
     from services.ai.templates import table_templates
 
     empty = Table("tags", ())
@@ -220,3 +232,47 @@ async def test_a_table_without_columns_is_a_plain_refusal_not_a_crash() -> None:
     )
     drafts = table_templates(notes, Schema((notes, empty), "sqlite"))
     assert drafts and not [d for d in drafts if "JOIN" in d.sql]
+
+
+# --- The embedded generator: parser and renderer meet only at the Query -------------------------------
+
+
+_CUSTOMERS = Table(
+    "customers", (Column("id", "integer", True), Column("name", "text"), Column("city", "text"))
+)
+_ORDERS = Table(
+    "orders",
+    (Column("id", "integer", True), Column("customer_id", "integer"), Column("total", "real")),
+    (ForeignKey(("customer_id",), "customers", ("id",)),),
+)
+
+
+async def test_the_parser_describes_a_question_as_an_immutable_query() -> None:
+    query = await parse(
+        "total order amount per customer", Schema((_CUSTOMERS, _ORDERS), "sqlite"), _no_values
+    )
+    assert query.main == "orders" and query.aggs == (Agg("SUM", ("orders", "total"), "sum_total"),)
+    assert query.groups == (Rows("customers", ("id",), "name"),)
+    assert query.joins == (Join("orders", "customers", ("customer_id",), ("id",), False),)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        query.limit = 3  # type: ignore[misc]
+
+
+def test_the_renderer_needs_only_the_query() -> None:
+    query = Query(
+        main="customers",
+        main_key=("id",),
+        main_named=True,
+        conds=(Cond(("customers", "city"), "IN", ("Berlin", "Paris")),),
+        exists=(Exists("orders", (("id", "customer_id"),), negated=True),),
+        order=(Order(("customers", "name"), desc=False),),
+        limit=2,
+    )
+    assert render(query) == (
+        "SELECT *\nFROM customers\nWHERE city IN ('Berlin', 'Paris') AND NOT EXISTS "
+        "(SELECT 1 FROM orders WHERE orders.customer_id = customers.id)\nORDER BY name ASC NULLS LAST\nLIMIT 2"
+    )
+    assert explain(query) == (
+        "Shows the rows of customers, where city IN ('Berlin', 'Paris') and no rows in orders refer to it, "
+        "sorted by customers.name, lowest or oldest first, first 2 rows only."
+    )

@@ -13,7 +13,8 @@ from launchpad.data.v1 import data_pb2
 from services.core.config import load_settings
 from services.core.errors import InvalidArgument
 from services.data.model import CELL_OVERHEAD, FIRST_BATCH, Json, Limits, checked_tenant, collect, value_size
-from services.data.pg_backend import _bytea, _json, _timestamp, role_password
+from services.data.pg_provision import role_password
+from services.data.pg_query import _bytea, _json, _timestamp
 from services.data.servicer import from_cell, to_cell
 
 
@@ -130,7 +131,7 @@ def test_role_passwords_depend_on_secret_and_role() -> None:
 
 
 def test_the_result_byte_budget_defaults_to_4_mib(settings_env: Path) -> None:
-    assert load_settings("data").query_max_bytes == 4 * 1024 * 1024
+    assert load_settings("data").query.max_bytes == 4 * 1024 * 1024
 
 
 def test_rows_stop_at_the_byte_budget_and_read_little_beyond_it() -> None:

@@ -12,19 +12,16 @@ from pathlib import Path
 import pytest
 
 from services.core.config import load_settings
-from services.core.db import (
-    MigrationError,
-    SqlitePlatformDb,
-    UniqueViolation,
-    load_migrations,
-    migrate_sqlite,
-    open_platform_db,
-    service_of,
-    split_sqlite_script,
-    to_pyformat,
-)
+from services.core.db import SqlitePlatformDb, UniqueViolation, open_platform_db, to_pyformat
 from services.core.deps import Mode, Registry
 from services.core.errors import AlreadyExists, Unavailable
+from services.core.migrations import (
+    MigrationError,
+    load_migrations,
+    migrate_sqlite,
+    service_of,
+    split_sqlite_script,
+)
 
 
 def write(folder: Path, files: dict[str, str]) -> Path:

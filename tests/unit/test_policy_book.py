@@ -111,7 +111,7 @@ async def test_open_policy_book_reads_the_platform_database_auth_writes(
     """Storage and realtime have no platform tables: the book opens auth's database with no migrations of
     its own (nothing recorded for them) and registers it as their "sql" dependency."""
     settings = load_settings("auth")
-    auth_db = SqlitePlatformDb(settings.data_dir / "platform.sqlite", MIGRATIONS)
+    auth_db = SqlitePlatformDb(settings.process.data_dir / "platform.sqlite", MIGRATIONS)
     await auth_db.open()
     runtime = new_runtime(load_settings("storage"))
     try:
@@ -176,7 +176,8 @@ async def test_when_even_the_re_apply_cannot_read_the_database_the_previous_set_
 
 async def test_migration_002_upgrades_stored_policies(tmp_path: Path) -> None:
     """Policies stored before revisions existed: updated_* start as created_*, and their tenant is at 1."""
-    from services.core.db import connect_sqlite, load_migrations, migrate_sqlite
+    from services.core.db import connect_sqlite
+    from services.core.migrations import load_migrations, migrate_sqlite
 
     path = tmp_path / "platform.sqlite"
     conn = connect_sqlite(path)

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from services.core.server import Runtime
 
 # open_policy_book's platform database applies no migrations of its own: the tables are auth's. A folder
-# that does not exist loads as no migrations (services.core.db.load_migrations).
+# that does not exist loads as no migrations (services.core.migrations.load_migrations).
 NO_MIGRATIONS = Path(__file__).with_name("no-migrations")
 EMPTY = PolicySet()
 

@@ -29,7 +29,8 @@ from services.core.policy.lang import (
 )
 
 MAX_RECORDS = 1000
-# A dry run evaluates at most this many (record, rule or condition) steps: about 0.3 s of CPU.
+# A dry run evaluates at most this many (record, rule or condition) steps, so one request cannot hold a
+# worker for long whatever the policy set and records it brings.
 MAX_STEPS = 100_000
 MAX_LISTED = 10  # rules named in one reason; the rest are counted
 

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from launchpad.api.v1 import options_pb2 as launchpad_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18launchpad/ai/v1/ai.proto\x12\x0flaunchpad.ai.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1elaunchpad/api/v1/options.proto\">\n\nSuggestion\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"B\n\x11SuggestSqlRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"F\n\x12SuggestSqlResponse\x12\x30\n\x0bsuggestions\x18\x01 \x03(\x0b\x32\x1b.launchpad.ai.v1.Suggestion\"8\n\x0eQueryAiRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x14\n\x0c\x61llow_writes\x18\x02 \x01(\x08\"\x84\x01\n\x0fQueryAiResponse\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\r\n\x05valid\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06tables\x18\x06 \x03(\t\x12\x10\n\x08repaired\x18\x07 \x01(\x08\x32\xb2\x02\n\tAiService\x12\x8e\x01\n\nSuggestSql\x12\".launchpad.ai.v1.SuggestSqlRequest\x1a#.launchpad.ai.v1.SuggestSqlResponse\"7\xd8\xf3\x18\xe0\xd4\x03\x82\xd3\xe4\x93\x02+\"\x13/api/ai/sql/suggest:\x01*Z\x11\"\x0c/sql/suggest:\x01*\x12\x93\x01\n\x07QueryAi\x12\x1f.launchpad.ai.v1.QueryAiRequest\x1a .launchpad.ai.v1.QueryAiResponse\"E\xd8\xf3\x18\xe0\xd4\x03\x82\xd3\xe4\x93\x02\x39\"\r/api/ai/query:\x01*Z\x15\"\x10/api/ai/query-ai:\x01*Z\x0e\"\t/query-ai:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18launchpad/ai/v1/ai.proto\x12\x0flaunchpad.ai.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1elaunchpad/api/v1/options.proto\">\n\nSuggestion\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\"B\n\x11SuggestSqlRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\t\x12\r\n\x05table\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"F\n\x12SuggestSqlResponse\x12\x30\n\x0bsuggestions\x18\x01 \x03(\x0b\x32\x1b.launchpad.ai.v1.Suggestion\"8\n\x0eQueryAiRequest\x12\x10\n\x08question\x18\x01 \x01(\t\x12\x14\n\x0c\x61llow_writes\x18\x02 \x01(\x08\"\x84\x01\n\x0fQueryAiResponse\x12\x0b\n\x03sql\x18\x01 \x01(\t\x12\x13\n\x0b\x65xplanation\x18\x02 \x01(\t\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\r\n\x05valid\x18\x04 \x01(\x08\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0e\n\x06tables\x18\x06 \x03(\t\x12\x10\n\x08repaired\x18\x07 \x01(\x08\x32\xe7\x02\n\tAiService\x12\xa8\x01\n\nSuggestSql\x12\".launchpad.ai.v1.SuggestSqlRequest\x1a#.launchpad.ai.v1.SuggestSqlResponse\"Q\xd8\xf3\x18\xe0\xd4\x03\xe2\xf3\x18\x16\n\x14\n\x07\x63ontext\x12\tlog4shell\x82\xd3\xe4\x93\x02+\"\x13/api/ai/sql/suggest:\x01*Z\x11\"\x0c/sql/suggest:\x01*\x12\xae\x01\n\x07QueryAi\x12\x1f.launchpad.ai.v1.QueryAiRequest\x1a .launchpad.ai.v1.QueryAiResponse\"`\xd8\xf3\x18\xe0\xd4\x03\xe2\xf3\x18\x17\n\x15\n\x08question\x12\tlog4shell\x82\xd3\xe4\x93\x02\x39\"\r/api/ai/query:\x01*Z\x15\"\x10/api/ai/query-ai:\x01*Z\x0e\"\t/query-ai:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'launchpad.ai.v1.ai_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AISERVICE'].methods_by_name['SuggestSql']._loaded_options = None
-  _globals['_AISERVICE'].methods_by_name['SuggestSql']._serialized_options = b'\330\363\030\340\324\003\202\323\344\223\002+\"\023/api/ai/sql/suggest:\001*Z\021\"\014/sql/suggest:\001*'
+  _globals['_AISERVICE'].methods_by_name['SuggestSql']._serialized_options = b'\330\363\030\340\324\003\342\363\030\026\n\024\n\007context\022\tlog4shell\202\323\344\223\002+\"\023/api/ai/sql/suggest:\001*Z\021\"\014/sql/suggest:\001*'
   _globals['_AISERVICE'].methods_by_name['QueryAi']._loaded_options = None
-  _globals['_AISERVICE'].methods_by_name['QueryAi']._serialized_options = b'\330\363\030\340\324\003\202\323\344\223\0029\"\r/api/ai/query:\001*Z\025\"\020/api/ai/query-ai:\001*Z\016\"\t/query-ai:\001*'
+  _globals['_AISERVICE'].methods_by_name['QueryAi']._serialized_options = b'\330\363\030\340\324\003\342\363\030\027\n\025\n\010question\022\tlog4shell\202\323\344\223\0029\"\r/api/ai/query:\001*Z\025\"\020/api/ai/query-ai:\001*Z\016\"\t/query-ai:\001*'
   _globals['_SUGGESTION']._serialized_start=107
   _globals['_SUGGESTION']._serialized_end=169
   _globals['_SUGGESTSQLREQUEST']._serialized_start=171
@@ -48,5 +48,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYAIRESPONSE']._serialized_start=370
   _globals['_QUERYAIRESPONSE']._serialized_end=502
   _globals['_AISERVICE']._serialized_start=505
-  _globals['_AISERVICE']._serialized_end=811
+  _globals['_AISERVICE']._serialized_end=864
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elaunchpad/api/v1/options.proto\x12\x10launchpad.api.v1\x1a google/protobuf/descriptor.proto\"H\n\x06\x41\x63\x63\x65ss\x12\x0e\n\x06public\x18\x01 \x01(\x08\x12\r\n\x05roles\x18\x02 \x03(\t\x12\r\n\x05write\x18\x03 \x01(\x08\x12\x10\n\x08internal\x18\x04 \x01(\x08\",\n\rWebSocketRule\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05relay\x18\x02 \x01(\t:J\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x18.launchpad.api.v1.Access:T\n\twebsocket\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1f.launchpad.api.v1.WebSocketRule:4\n\ntimeout_ms\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\r:6\n\x0bjson_unwrap\x12\x1f.google.protobuf.MessageOptions\x18\x9d\x8f\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1elaunchpad/api/v1/options.proto\x12\x10launchpad.api.v1\x1a google/protobuf/descriptor.proto\"H\n\x06\x41\x63\x63\x65ss\x12\x0e\n\x06public\x18\x01 \x01(\x08\x12\r\n\x05roles\x18\x02 \x03(\t\x12\r\n\x05write\x18\x03 \x01(\x08\x12\x10\n\x08internal\x18\x04 \x01(\x08\"=\n\rWebSocketRule\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05relay\x18\x02 \x01(\t\x12\x0f\n\x07publish\x18\x03 \x01(\t\"s\n\x08\x45\x64geRule\x12.\n\nwaf_fields\x18\x01 \x03(\x0b\x32\x1a.launchpad.api.v1.WafField\x12\x10\n\x08waf_skip\x18\x02 \x01(\x08\x12\x10\n\x08raw_body\x18\x03 \x01(\x08\x12\x13\n\x0bupload_body\x18\x04 \x01(\x08\"5\n\x08WafField\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0c\n\x04only\x18\x02 \x03(\t\x12\x0c\n\x04skip\x18\x03 \x03(\t\"\x1e\n\x0e\x42yteStreamRule\x12\x0c\n\x04path\x18\x01 \x01(\t:J\n\x06\x61\x63\x63\x65ss\x12\x1e.google.protobuf.MethodOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x18.launchpad.api.v1.Access:T\n\twebsocket\x12\x1e.google.protobuf.MethodOptions\x18\xba\x8e\x03 \x01(\x0b\x32\x1f.launchpad.api.v1.WebSocketRule:4\n\ntimeout_ms\x12\x1e.google.protobuf.MethodOptions\x18\xbb\x8e\x03 \x01(\r:J\n\x04\x65\x64ge\x12\x1e.google.protobuf.MethodOptions\x18\xbc\x8e\x03 \x01(\x0b\x32\x1a.launchpad.api.v1.EdgeRule:W\n\x0b\x62yte_stream\x12\x1e.google.protobuf.MethodOptions\x18\xbd\x8e\x03 \x01(\x0b\x32 .launchpad.api.v1.ByteStreamRule:6\n\x0bjson_unwrap\x12\x1f.google.protobuf.MessageOptions\x18\x9d\x8f\x03 \x01(\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,5 +35,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCESS']._serialized_start=86
   _globals['_ACCESS']._serialized_end=158
   _globals['_WEBSOCKETRULE']._serialized_start=160
-  _globals['_WEBSOCKETRULE']._serialized_end=204
+  _globals['_WEBSOCKETRULE']._serialized_end=221
+  _globals['_EDGERULE']._serialized_start=223
+  _globals['_EDGERULE']._serialized_end=338
+  _globals['_WAFFIELD']._serialized_start=340
+  _globals['_WAFFIELD']._serialized_end=393
+  _globals['_BYTESTREAMRULE']._serialized_start=395
+  _globals['_BYTESTREAMRULE']._serialized_end=425
 # @@protoc_insertion_point(module_scope)

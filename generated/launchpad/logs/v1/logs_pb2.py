@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from launchpad.api.v1 import options_pb2 as launchpad_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1claunchpad/logs/v1/logs.proto\x12\x11launchpad.logs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elaunchpad/api/v1/options.proto\"\xe6\x01\n\x08LogEntry\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\r\n\x05level\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.launchpad.logs.v1.LogEntry.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x0cQueryRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\t\x12\x0b\n\x03\x65nd\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\x11\n\tdirection\x18\x06 \x01(\t\"K\n\rQueryResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.launchpad.logs.v1.LogEntry\x12\x0c\n\x04mode\x18\x02 \x01(\t\"+\n\x0bTailRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\":\n\x0cTailResponse\x12*\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1b.launchpad.logs.v1.LogEntry2\xd0\x01\n\x0bLogsService\x12\x66\n\x05Query\x12\x1f.launchpad.logs.v1.QueryRequest\x1a .launchpad.logs.v1.QueryResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/api/logs/query:\x01*\x12Y\n\x04Tail\x12\x1e.launchpad.logs.v1.TailRequest\x1a\x1f.launchpad.logs.v1.TailResponse\"\x0e\xd2\xf3\x18\n\n\x08/ws/logs0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1claunchpad/logs/v1/logs.proto\x12\x11launchpad.logs.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1elaunchpad/api/v1/options.proto\"\xe6\x01\n\x08LogEntry\x12-\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\r\n\x05level\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x37\n\x06labels\x18\x06 \x03(\x0b\x32\'.launchpad.logs.v1.LogEntry.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"j\n\x0cQueryRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\t\x12\x0b\n\x03\x65nd\x18\x04 \x01(\t\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\x11\n\tdirection\x18\x06 \x01(\t\"K\n\rQueryResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.launchpad.logs.v1.LogEntry\x12\x0c\n\x04mode\x18\x02 \x01(\t\"+\n\x0bTailRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05level\x18\x02 \x01(\t\":\n\x0cTailResponse\x12*\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1b.launchpad.logs.v1.LogEntry2\xe8\x01\n\x0bLogsService\x12~\n\x05Query\x12\x1f.launchpad.logs.v1.QueryRequest\x1a .launchpad.logs.v1.QueryResponse\"2\xe2\xf3\x18\x14\n\x12\n\x05query\x12\tlog4shell\x82\xd3\xe4\x93\x02\x14\"\x0f/api/logs/query:\x01*\x12Y\n\x04Tail\x12\x1e.launchpad.logs.v1.TailRequest\x1a\x1f.launchpad.logs.v1.TailResponse\"\x0e\xd2\xf3\x18\n\n\x08/ws/logs0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,7 +37,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGENTRY_LABELSENTRY']._loaded_options = None
   _globals['_LOGENTRY_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LOGSSERVICE'].methods_by_name['Query']._loaded_options = None
-  _globals['_LOGSSERVICE'].methods_by_name['Query']._serialized_options = b'\202\323\344\223\002\024\"\017/api/logs/query:\001*'
+  _globals['_LOGSSERVICE'].methods_by_name['Query']._serialized_options = b'\342\363\030\024\n\022\n\005query\022\tlog4shell\202\323\344\223\002\024\"\017/api/logs/query:\001*'
   _globals['_LOGSSERVICE'].methods_by_name['Tail']._loaded_options = None
   _globals['_LOGSSERVICE'].methods_by_name['Tail']._serialized_options = b'\322\363\030\n\n\010/ws/logs'
   _globals['_LOGENTRY']._serialized_start=147
@@ -53,5 +53,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TAILRESPONSE']._serialized_start=609
   _globals['_TAILRESPONSE']._serialized_end=667
   _globals['_LOGSSERVICE']._serialized_start=670
-  _globals['_LOGSSERVICE']._serialized_end=878
+  _globals['_LOGSSERVICE']._serialized_end=902
 # @@protoc_insertion_point(module_scope)

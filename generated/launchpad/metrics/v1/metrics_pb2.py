@@ -24,9 +24,10 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from launchpad.api.v1 import options_pb2 as launchpad_dot_api_dot_v1_dot_options__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"launchpad/metrics/v1/metrics.proto\x12\x14launchpad.metrics.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\"U\n\x0cQueryRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\t\x12\x0b\n\x03\x65nd\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\t\"{\n\rQueryResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tsynthetic\x18\x03 \x01(\x08\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x10\n\x08warnings\x18\x05 \x03(\t2\x81\x01\n\x0eMetricsService\x12o\n\x05Query\x12\".launchpad.metrics.v1.QueryRequest\x1a#.launchpad.metrics.v1.QueryResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/api/metrics/query:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"launchpad/metrics/v1/metrics.proto\x12\x14launchpad.metrics.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1elaunchpad/api/v1/options.proto\"U\n\x0cQueryRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x0c\n\x04time\x18\x02 \x01(\t\x12\r\n\x05start\x18\x03 \x01(\t\x12\x0b\n\x03\x65nd\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\t\"{\n\rQueryResponse\x12\x0e\n\x06status\x18\x01 \x01(\t\x12%\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x11\n\tsynthetic\x18\x03 \x01(\x08\x12\x0e\n\x06\x63\x61\x63hed\x18\x04 \x01(\x08\x12\x10\n\x08warnings\x18\x05 \x03(\t2\x9a\x01\n\x0eMetricsService\x12\x87\x01\n\x05Query\x12\".launchpad.metrics.v1.QueryRequest\x1a#.launchpad.metrics.v1.QueryResponse\"5\xe2\xf3\x18\x14\n\x12\n\x05query\x12\tlog4shell\x82\xd3\xe4\x93\x02\x17\"\x12/api/metrics/query:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +35,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'launchpad.metrics.v1.metric
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METRICSSERVICE'].methods_by_name['Query']._loaded_options = None
-  _globals['_METRICSSERVICE'].methods_by_name['Query']._serialized_options = b'\202\323\344\223\002\027\"\022/api/metrics/query:\001*'
-  _globals['_QUERYREQUEST']._serialized_start=120
-  _globals['_QUERYREQUEST']._serialized_end=205
-  _globals['_QUERYRESPONSE']._serialized_start=207
-  _globals['_QUERYRESPONSE']._serialized_end=330
-  _globals['_METRICSSERVICE']._serialized_start=333
-  _globals['_METRICSSERVICE']._serialized_end=462
+  _globals['_METRICSSERVICE'].methods_by_name['Query']._serialized_options = b'\342\363\030\024\n\022\n\005query\022\tlog4shell\202\323\344\223\002\027\"\022/api/metrics/query:\001*'
+  _globals['_QUERYREQUEST']._serialized_start=152
+  _globals['_QUERYREQUEST']._serialized_end=237
+  _globals['_QUERYRESPONSE']._serialized_start=239
+  _globals['_QUERYRESPONSE']._serialized_end=362
+  _globals['_METRICSSERVICE']._serialized_start=365
+  _globals['_METRICSSERVICE']._serialized_end=519
 # @@protoc_insertion_point(module_scope)

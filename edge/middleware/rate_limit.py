@@ -18,7 +18,7 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from edge.errors import request_id_of, send_error
-from edge.middleware import header
+from edge.middleware.headers import header
 from services.core.config import Settings
 from services.core.errors import Code, ServiceError
 from services.core.tokens import TokenVerifier
@@ -136,12 +136,12 @@ class RedisRateLimiter:
 
 
 def make_limiter(settings: Settings) -> RateLimiter:
-    """Redis when settings.redis_url is set, else in memory."""
-    if not settings.redis_url:
+    """Redis when settings.redis.url is set, else in memory."""
+    if not settings.redis.url:
         return MemoryRateLimiter()
     import redis.asyncio as redis
 
-    client = redis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    client = redis.from_url(settings.redis.url.reveal(), socket_timeout=0.5, socket_connect_timeout=0.5)
     return RedisRateLimiter(client)
 
 

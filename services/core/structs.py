@@ -11,7 +11,7 @@ from google.protobuf import json_format, struct_pb2
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     """A Struct as plain JSON values; whole numbers come back as ints (Struct stores every number as a double)."""
-    return _whole(json_format.MessageToDict(struct))
+    return whole_numbers(json_format.MessageToDict(struct))
 
 
 def dict_to_struct(document: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -20,11 +20,12 @@ def dict_to_struct(document: Mapping[str, Any]) -> struct_pb2.Struct:
     return struct
 
 
-def _whole(value: Any) -> Any:
+def whole_numbers(value: Any) -> Any:
+    """JSON values with every integral float as an int, so 3 and 3.0 (a Struct's only number) compare equal."""
     if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {key: _whole(item) for key, item in value.items()}
+        return {key: whole_numbers(item) for key, item in value.items()}
     if isinstance(value, list):
-        return [_whole(item) for item in value]
+        return [whole_numbers(item) for item in value]
     return value

@@ -3,29 +3,30 @@
 Rules are regular expressions applied per field: every query parameter and every string (and key) of a JSON
 body is checked with its top-level field name, so a route can exempt the fields that legitimately carry code.
 
-Exemptions (FIELD_EXEMPTIONS), and why:
-- `sql` and `params` of /api/data/query, /query, /api/data/explain: SQL is text for the database, which
-  enforces tenant isolation and privileges; string checks on it only produce false positives
-  (`SELECT * FROM t WHERE name = '<script>'`, `-- comments`, `a; b`, `'../x'` are all legitimate). Params are
-  bound, never interpolated. Only `log4shell` still applies.
-- `context` of the SQL-suggest routes and `question` of the AI query routes: natural language or SQL being
-  typed. Only `log4shell` applies.
-- `query` of /api/logs/query and /api/metrics/query: LogQL / PromQL, which people use to search for attack
+Field rules come from the contracts: a method's (launchpad.api.v1.edge) option lists, per top-level request
+field, the rules that check it (`only`) or do not (`skip`), and every binding of the method, aliases included,
+gets them. A request gets the rule of the route that serves it (edge.transcoding.rules.rule_of); a request no
+route serves gets every rule on every field. What the contracts declare, and why:
+- `sql` and `params` of DataService.Query and Explain: SQL is text for the database, which enforces tenant
+  isolation and privileges; string checks on it only produce false positives (`SELECT * FROM t WHERE name =
+  '<script>'`, `-- comments`, `a; b`, `'../x'` are all legitimate). Params are bound, never interpolated.
+  Only `log4shell` still applies.
+- `context` of AiService.SuggestSql and `question` of AiService.QueryAi: natural language or SQL being typed.
+  Only `log4shell` applies.
+- `query` of LogsService.Query and MetricsService.Query: LogQL / PromQL, which people use to search for attack
   strings in their own logs. Only `log4shell` applies.
-- `wpk` of /api/wpk/pack and /wpk/pack: a workflow package is code by design (shell steps, `${VAR}` and
-  `${{ }}` templating); `shell` and `ssti` do not apply. Its safety is the signature check at deploy and the
-  roles that may pack and deploy; traversal, xss, nosql, sqli and log4shell still apply.
-- `password`, on every route: hashed, never interpreted or logged; any character is a good password character.
-`log4shell` stays everywhere because such text ends up in log pipelines; the accepted false positive is SQL or
-a log search containing a literal `${jndi:` (write `'$' || '{jndi:'` instead).
-
+- `wpk` of DeployService.PackWpk: a workflow package is code by design (shell steps, `${VAR}` and `${{ }}`
+  templating); `shell` and `ssti` do not apply. Its safety is the signature check at deploy and the roles that
+  may pack and deploy; traversal, xss, nosql, sqli and log4shell still apply.
+- StorageService.ReadObject / WriteObject (`waf_skip`): the bytes are opaque data authorized by the signed URL.
+- `password`, on every route (EVERYWHERE, here): hashed, never interpreted or logged; any character is a good
+  password character.
 Bodies: only JSON bodies are inspected (ContentTypeMiddleware makes every POST/PUT/PATCH JSON except the
-raw-upload prefixes). The body is buffered up to `max_body_bytes` (the limit BodyLimitMiddleware enforces in
+`raw_body` routes). The body is buffered up to `max_body_bytes` (the limit BodyLimitMiddleware enforces in
 front, so nothing larger ever arrives), inspected, and replayed to the app. A JSON body that is not valid JSON
 passes uninspected: the route rejects it with 400 and nothing reaches a service. The whole body is inspected,
-not a prefix, so padding cannot push a payload past the WAF. Cost (this 2-core machine): a small JSON body
-adds ~5 us; a 2 MB string ~25-35 ms of ordinary text, ~130 ms at worst for text built to hit candidate
-characters (`; ; ; ...`), bounded by the body limit and the rate limits in front.
+not a prefix, so padding cannot push a payload past the WAF. The cost of a large body is bounded by the body
+limit and the rate limits in front; bodies over _OFF_LOOP_BYTES are scanned off the event loop.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edge.errors import request_id_of, send_error
-from edge.middleware import header, media_type
+from edge.middleware.headers import header, media_type
+from edge.transcoding.rules import RouteRule, rule_of
 from services.core.errors import Code
 
 log = logging.getLogger("launchpad.edge.waf")
@@ -61,8 +63,8 @@ class Rule:
     """A named regex, matched against lower-cased text.
 
     Write every top-level alternative so it starts with a literal character (no group, class or anchor first):
-    the combined pattern then gets sre's C-level "skip to a candidate character" scan, which keeps a 2 MB body
-    at a few ms instead of hundreds. Bound every repetition between literals (`[^{}]{0,100}`), never `.*?`, so
+    the combined pattern then gets sre's C-level "skip to a candidate character" scan, which keeps large bodies
+    cheap to scan. Bound every repetition between literals (`[^{}]{0,100}`), never `.*?`, so
     no input can make a scan quadratic.
     """
 
@@ -115,24 +117,8 @@ DEFAULT_RULES: tuple[Rule, ...] = (
 )
 
 _ALL = frozenset(r.id for r in DEFAULT_RULES)
-_FREE_TEXT = _ALL - {"log4shell"}
-_SQL_FIELDS = {"sql": _FREE_TEXT, "params": _FREE_TEXT}
-# path ("*": every path) -> top-level field -> rule ids that do not apply to it.
-FIELD_EXEMPTIONS: Mapping[str, Mapping[str, frozenset[str]]] = {
-    "*": {"password": _ALL},
-    "/api/data/query": _SQL_FIELDS,
-    "/query": _SQL_FIELDS,
-    "/api/data/explain": _SQL_FIELDS,
-    "/api/ai/sql/suggest": {"context": _FREE_TEXT},
-    "/sql/suggest": {"context": _FREE_TEXT},
-    "/api/ai/query": {"question": _FREE_TEXT},
-    "/api/ai/query-ai": {"question": _FREE_TEXT},
-    "/query-ai": {"question": _FREE_TEXT},
-    "/api/wpk/pack": {"wpk": frozenset({"shell", "ssti"})},
-    "/wpk/pack": {"wpk": frozenset({"shell", "ssti"})},
-    "/api/logs/query": {"query": _FREE_TEXT},
-    "/api/metrics/query": {"query": _FREE_TEXT},
-}
+# Top-level field -> rule ids that do not apply to it, on every route.
+EVERYWHERE: Mapping[str, frozenset[str]] = {"password": _ALL}
 
 
 Scan = Callable[[str], str | None]
@@ -211,28 +197,47 @@ class WafMiddleware:
         app: ASGIApp,
         audit: Audit,
         rules: Iterable[Rule] = DEFAULT_RULES,
-        exemptions: Mapping[str, Mapping[str, frozenset[str]]] = FIELD_EXEMPTIONS,
+        route_rules: Iterable[RouteRule] = (),
         max_body_bytes: int = 2 * 1024 * 1024,
     ) -> None:
+        """`route_rules`: the rules the routes declare, checked (unknown rule ids raise) and compiled here,
+        at start-up; the rule a request gets comes from the scope (rules.rule_of)."""
         self.app = app
         self.audit = audit
         self.max_body_bytes = max_body_bytes
-        matcher = Matcher(rules)
-        self._all = matcher.scanner()
-        everywhere = exemptions.get("*", {})
-        # path -> field -> scanner, built once: a request costs dict lookups, not rule-set computations.
-        self._default_fields = {field: matcher.scanner(ids) for field, ids in everywhere.items()}
-        self._fields = {
-            path: {field: matcher.scanner(ids) for field, ids in {**everywhere, **fields}.items()}
-            for path, fields in exemptions.items()
-            if path != "*"
-        }
+        self.rules = tuple(rules)
+        self._matcher = Matcher(self.rules)
+        self._all = self._matcher.scanner()
+        # field -> scanner per route rule, built once: a request costs lookups, not rule-set computations.
+        self._by_rule: dict[RouteRule, Mapping[str, Scan]] = {}
+        for rule in (RouteRule(), *route_rules):
+            self._fields(rule)
+
+    def _fields(self, rule: RouteRule) -> Mapping[str, Scan]:
+        fields = self._by_rule.get(rule)
+        if fields is None:
+            fields = self._by_rule[rule] = self._field_scanners(rule)
+        return fields
+
+    def _field_scanners(self, rule: RouteRule) -> Mapping[str, Scan]:
+        known = frozenset(r.id for r in self.rules)
+        exempt = dict(EVERYWHERE)
+        for field, waf in rule.waf_fields:
+            unknown = (waf.only | waf.skip) - known
+            if unknown:
+                raise ValueError(f"WAF field rule for {field!r} names unknown rules {sorted(unknown)}")
+            exempt[field] = ((known - waf.only) if waf.only else frozenset()) | waf.skip
+        return {field: self._matcher.scanner(ids) for field, ids in exempt.items()}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        fields = self._fields.get(scope["path"], self._default_fields)
+        rule = rule_of(scope)
+        if rule.waf_skip:
+            await self.app(scope, receive, send)
+            return
+        fields = self._fields(rule)
         try:
             self._check_target(scope, fields)
             if scope["type"] == "http" and self._is_json(scope):
@@ -266,8 +271,8 @@ class WafMiddleware:
         if body is None:  # over the inspection limit: only possible without BodyLimitMiddleware in front
             raise _Blocked("oversize", "body")
         if len(body) > _OFF_LOOP_BYTES:
-            # Scanning a crafted 2 MB body costs ~100 ms of CPU: do it off the event loop so other requests
-            # keep flowing (the rate limits bound how often one client can ask for it).
+            # Scanning a large crafted body takes long enough to stall other requests: do it off the event
+            # loop (the rate limits bound how often one client can ask for it).
             await asyncio.to_thread(self._check_json, body, fields)
         elif body:
             self._check_json(body, fields)
