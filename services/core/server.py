@@ -27,6 +27,7 @@ from services.core.clients import jwks_fetcher
 from services.core.config import Settings, load_settings
 from services.core.contracts import service_policies
 from services.core.deps import Registry
+from services.core.inproc import InProcessServer, Mirror
 from services.core.interceptors import KitInterceptor
 from services.core.internal import internal_secret
 from services.core.jsonlog import setup_logging
@@ -63,6 +64,7 @@ class Runtime:
     closers: list[Callable[[], Awaitable[None] | None]] = field(default_factory=list)
     health: health.aio.HealthServicer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    inproc: InProcessServer | None = None  # the server's handlers and interceptors, for in-process channels
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -120,28 +122,28 @@ async def create_server(
     verifier = TokenVerifier(keys, settings.auth.issuer, settings.auth.audience)
     status_descriptor = status_pb2.DESCRIPTOR.services_by_name["StatusService"]
     policies = service_policies(status_descriptor, *(spec.descriptor for spec in specs))
-    server = grpc.aio.server(
-        interceptors=[
-            KitInterceptor(
-                settings.process.service, policies, verifier, runtime.audit, internal_secret(settings)
-            )
-        ],
-        options=[
-            ("grpc.max_receive_message_length", _MAX_MESSAGE),
-            ("grpc.max_send_message_length", _MAX_MESSAGE),
-            # gRPC sets SO_REUSEPORT by default: a second `make up` would then start beside the first and
-            # share its ports silently. Without it, the second one fails to bind and says so.
-            ("grpc.so_reuseport", 0),
-        ],
-    )
+    interceptors = [
+        KitInterceptor(settings.process.service, policies, verifier, runtime.audit, internal_secret(settings))
+    ]
+    options = [
+        ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ("grpc.max_send_message_length", _MAX_MESSAGE),
+        # gRPC sets SO_REUSEPORT by default: a second `make up` would then start beside the first and
+        # share its ports silently. Without it, the second one fails to bind and says so.
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    # Its in-process twin serves the same servicer objects through the same interceptor.
+    runtime.inproc = InProcessServer(interceptors, options)
+    both = Mirror(server, runtime.inproc)
     for spec in specs:
-        spec.add_to_server(spec.servicer, server)
-    status_pb2_grpc.add_StatusServiceServicer_to_server(_Status(runtime), server)
+        spec.add_to_server(spec.servicer, both)
+    status_pb2_grpc.add_StatusServiceServicer_to_server(_Status(runtime), both)
     runtime.health = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(runtime.health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(runtime.health, both)
     names = [spec.descriptor.full_name for spec in specs]
     reflection.enable_server_reflection(
-        [*names, status_descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        [*names, status_descriptor.full_name, health.SERVICE_NAME, reflection.SERVICE_NAME], both
     )
     address = f"{settings.process.host}:{settings.process.port if port is None else port}"
     try:
