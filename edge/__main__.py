@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import re
+import sys
 
 import uvicorn
 
 from edge.app import create_app
-from services.core.config import load_settings
+from services.core.config import Settings, load_settings
 from services.core.jsonlog import setup_logging
 
 _TOKEN_PARAM = re.compile(r"(?<=[?&]token=)[^&\s\"]+")
+_STARTUP_FAILURE = 3  # uvicorn's exit code when the server did not start
 
 
 class RedactTokens(logging.Filter):
@@ -24,15 +27,11 @@ class RedactTokens(logging.Filter):
         return True
 
 
-def main() -> None:
-    settings = load_settings("edge")
-    setup_logging("edge", settings.process.log_dir)
+def edge_config(settings: Settings) -> uvicorn.Config:
+    """The edge's app and uvicorn settings (logging must be set up before: uvicorn's own config is off)."""
     logging.getLogger("uvicorn.error").addFilter(RedactTokens())
     app = create_app(settings)
-    # Everything built so far lives as long as the process: keep it out of the cyclic GC's full passes, which
-    # otherwise walk it all and stall the event loop (tens of ms at the p99 of the realtime fan-out bench).
-    gc.freeze()
-    uvicorn.run(
+    return uvicorn.Config(
         app,
         host=settings.process.host,
         port=settings.process.port,
@@ -47,6 +46,19 @@ def main() -> None:
         ws_per_message_deflate=False,
         lifespan="on",
     )
+
+
+def main() -> None:
+    settings = load_settings("edge")
+    setup_logging("edge", settings.process.log_dir)
+    server = uvicorn.Server(edge_config(settings))
+    # Everything built so far lives as long as the process: keep it out of the cyclic GC's full passes, which
+    # otherwise walk it all and stall the event loop (tens of ms at the p99 of the realtime fan-out bench).
+    gc.freeze()
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(_STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

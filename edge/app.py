@@ -82,7 +82,10 @@ def create_app(
     verifier = verifier or make_verifier(settings, jwks)
     ctx = EdgeContext(backends, verifier, jwks)
     checker = HealthChecker(
-        backends, health_backends or list(settings.peers.backends), settings.process.simulation_mode
+        backends,
+        health_backends or list(settings.peers.backends),
+        settings.process.simulation_mode,
+        topology=settings.process.topology,
     )
     app = _fastapi(backends)
     document = build_openapi(route_specs, socket_specs, VERSION)

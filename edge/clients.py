@@ -1,9 +1,10 @@
 """Backend channels, deadlines, call metadata and the edge's own token verification.
 
 One grpc.aio channel per backend address, created on first use inside the running event loop and shared by
-every route of that service (HTTP/2 multiplexes the calls). Metadata carries exactly what the backends need:
-the verified bearer token, the request id, and the tenant taken from the verified token -- nothing a client
-sent is copied through, so a client `x-tenant-id` never reaches a service.
+every route of that service (HTTP/2 multiplexes the calls); an in-process one when this process serves that
+address. Metadata carries exactly what the backends need: the verified bearer token, the request id, and the
+tenant taken from the verified token -- nothing a client sent is copied through, so a client `x-tenant-id`
+never reaches a service.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from starlette.types import Scope
 from edge import codec
 from edge.errors import BackendCallFailed
 from launchpad.auth.v1 import auth_pb2
+from services.core import inproc
 from services.core.clients import CHANNEL_OPTIONS
 from services.core.config import Settings
 from services.core.context import Principal
@@ -55,7 +57,11 @@ class Backends:
         address = self.address(service)
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            # In process when this process serves the address (the single topology), else over HTTP/2.
+            channel = inproc.REGISTRY.channel(address, options=_CHANNEL_OPTIONS)
+            if channel is None:
+                channel = grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+            self._channels[address] = channel
         return channel
 
     async def close(self) -> None:

@@ -124,7 +124,7 @@ BACKEND_ERRORS = Counter(
 # first and may quote a driver further on ("PostgreSQL is not available: ... Connection refused").
 _TRANSPORT_FAILURE = re.compile(
     r"failed to connect|connection refused|connections to all backends failing|socket closed|"
-    r"connection reset|dns resolution failed|broken pipe|end of tcp stream",
+    r"connection reset|dns resolution failed|broken pipe|end of tcp stream|stream removed",
     re.IGNORECASE,
 )
 _INTERNAL_CODES = frozenset({Code.UNKNOWN, Code.INTERNAL, Code.DATA_LOSS})

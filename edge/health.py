@@ -8,8 +8,10 @@ and concurrent requests wait for the same check, so /health cannot be used to pu
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from edge import codec
 from edge.clients import Backends
 from launchpad.api.v1 import status_pb2
+from services.core.supervision import read_status
 
 CHECK_TIMEOUT_S = 1.0
 CACHE_S = 1.0
@@ -29,13 +32,17 @@ _HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 _GET_STATUS = "/launchpad.api.v1.StatusService/GetStatus"
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _EMBEDDED_MODES = frozenset({"embedded", "fallback"})
+SUPERVISION_FILE_ENV = "LAUNCHPAD_SUPERVISION_FILE"  # set by the launcher that supervises this edge
 
 
 class HealthChecker:
-    def __init__(self, backends: Backends, names: list[str], simulation_mode: bool | None) -> None:
+    def __init__(
+        self, backends: Backends, names: list[str], simulation_mode: bool | None, topology: str = "split"
+    ) -> None:
         self.backends = backends
         self.names = names
         self.simulation_mode = simulation_mode
+        self.topology = topology  # LAUNCHPAD_TOPOLOGY: split (a process per service) or single (one process)
         self._encode_dependency = codec.encoder(status_pb2.Dependency.DESCRIPTOR)
         self._cached: tuple[float, dict[str, Any]] | None = None
         self._running: asyncio.Task[dict[str, Any]] | None = None
@@ -55,7 +62,11 @@ class HealthChecker:
         modes = {d["mode"] for s in services.values() for d in s["dependencies"]}
         simulated = self.simulation_mode is True or bool(modes & _EMBEDDED_MODES)
         report = {"status": "ok" if healthy else "degraded", "env": "SIM" if simulated else "LIVE"}
+        report["topology"] = self.topology
         report["services"] = services
+        supervision = _supervision()
+        if supervision is not None:
+            report["supervision"] = supervision
         self._cached = (time.monotonic(), report)
         return report
 
@@ -96,6 +107,15 @@ class HealthChecker:
             entry["env"] = described.env
             entry["version"] = described.version
         return entry
+
+
+def _supervision() -> dict[str, Any] | None:
+    """What `make up` (the split launcher) reports of the processes it supervises: per process its state
+    (running, starting, restarting, failed), restarts, last exit code and last error line. None when nothing
+    supervises this edge (Helm, compose: the orchestrator restarts pods) or its supervisor has not written
+    yet; then /health has no "supervision" section."""
+    path = os.environ.get(SUPERVISION_FILE_ENV)
+    return read_status(Path(path)) if path else None
 
 
 class HealthEndpoint:

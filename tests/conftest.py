@@ -30,6 +30,7 @@ ISOLATED = (
     "OPENAI_KEY",
     "OPENAI_BASE_URL",
     "OPENAI_MODEL",
+    "LAUNCHPAD_TOPOLOGY",  # the stack fixtures choose theirs
 )
 # The real servers CI configured, read before any test isolates the environment.
 LIVE_ENV = {

@@ -74,6 +74,10 @@ def live_required() -> bool:
     return os.environ.get("LAUNCHPAD_REQUIRE_LIVE") == "1"
 
 
+# The stack fixtures run the same tests on both topologies: one process per service, and all in one.
+TOPOLOGIES = ("split", "single")
+
+
 def need_env(name: str) -> str:
     """The variable's value; skips the test when unset, fails instead under LAUNCHPAD_REQUIRE_LIVE=1."""
     value = os.environ.get(name, "")

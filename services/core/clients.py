@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from launchpad.auth.v1 import auth_pb2, auth_pb2_grpc
+from services.core.inproc import REGISTRY
 
 # A peer that was down is retried at least every 2 s (gRPC's default backoff grows to 120 s), so calls work
 # again within seconds of its return, however long it was away.
@@ -17,8 +18,10 @@ CHANNEL_OPTIONS = (("grpc.max_reconnect_backoff_ms", 2_000),)
 
 
 def internal_channel(address: str) -> grpc.aio.Channel:
-    """A channel from one Launchpad service to another (create it inside the serving event loop)."""
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    """A channel from one Launchpad service to another (create it inside the serving event loop): in process
+    when this process serves that address (the single topology), else over the network."""
+    inproc = REGISTRY.channel(address, options=CHANNEL_OPTIONS)
+    return inproc if inproc is not None else grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
 def jwks_fetcher(address: str) -> Callable[[], Awaitable[dict[str, Any]]]:

@@ -28,6 +28,7 @@ SERVICES: dict[str, int] = {
     "logs": 8018,
 }
 EDGE_PORT = 8001
+TOPOLOGIES = ("split", "single")
 METRICS_PORT_OFFSET = 1000
 MASK = "***"
 
@@ -153,6 +154,18 @@ def _names(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _choice(*allowed: str) -> Reader:
+    """A reader accepting only `allowed` (case-insensitive); anything else names the allowed values."""
+
+    def read(name: str, default: str) -> str:
+        raw = _text(name, "").lower() or default
+        if raw not in allowed:
+            raise ConfigError(f"{name} must be {' or '.join(allowed)}, got {raw!r}")
+        return raw
+
+    return read
+
+
 def _dir(name: str, default: Path) -> Path:
     return Path(_text(name, str(default))).resolve()
 
@@ -198,6 +211,8 @@ class ProcessSettings:
     log_dir: Path = env("LAUNCHPAD_LOG_DIR", Path("reports/logs"), _dir)
     # None: auto (live when configured and answering, else embedded); True: embedded only; False: live only.
     simulation_mode: bool | None = env("SIMULATION_MODE", None, _tristate)
+    # split: one process per service (Helm, compose); single: the edge and every service in one process.
+    topology: str = env("LAUNCHPAD_TOPOLOGY", "split", _choice(*TOPOLOGIES))
 
     @property
     def metrics_port(self) -> int:

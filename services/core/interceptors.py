@@ -136,13 +136,15 @@ class KitInterceptor(grpc.aio.ServerInterceptor):
         metrics.observe(code, elapsed)
 
 
-_METRICS: dict[str, MethodMetrics] = {}
+# Keyed by service too: StatusService and health are served by every service, and in the single topology
+# several services share this process.
+_METRICS: dict[tuple[str, str], MethodMetrics] = {}
 
 
 def _method_metrics(service: str, method: str) -> MethodMetrics:
-    metrics = _METRICS.get(method)
+    metrics = _METRICS.get((service, method))
     if metrics is None:
-        metrics = _METRICS[method] = MethodMetrics(service, method)
+        metrics = _METRICS[service, method] = MethodMetrics(service, method)
     return metrics
 
 

@@ -33,6 +33,7 @@ from services.core.internal import internal_secret
 from services.core.jsonlog import setup_logging
 from services.core.metrics import serve_metrics
 from services.core.tokens import KeyProvider, RefreshingKeys, TokenVerifier
+from services.core.topology import ServiceTag
 from services.core.version import VERSION
 
 HEALTH_INTERVAL_S = 2.0
@@ -77,10 +78,21 @@ class Runtime:
         self.audit.close()
 
 
-def new_runtime(settings: Settings) -> Runtime:
+Build = Callable[[Runtime], Awaitable[list[ServiceSpec]]]
+MetricsServer = Callable[[str, int], Any]
+
+
+def new_runtime(settings: Settings, *, own_logging: bool = True) -> Runtime:
+    """A service's runtime; `own_logging` routes the process's logs to this service (False: the caller
+    already set up logging for several services in one process)."""
     # The data dir holds password hashes, keys and the audit log: owner-only.
     settings.process.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log = setup_logging(settings.process.service, settings.process.log_dir)
+    service = settings.process.service
+    log = (
+        setup_logging(service, settings.process.log_dir)
+        if own_logging
+        else logging.getLogger(f"launchpad.{service}")
+    )
     return Runtime(settings, Registry(), AuditLog(settings.process.audit_path), log)
 
 
@@ -122,9 +134,13 @@ async def create_server(
     verifier = TokenVerifier(keys, settings.auth.issuer, settings.auth.audience)
     status_descriptor = status_pb2.DESCRIPTOR.services_by_name["StatusService"]
     policies = service_policies(status_descriptor, *(spec.descriptor for spec in specs))
-    interceptors = [
-        KitInterceptor(settings.process.service, policies, verifier, runtime.audit, internal_secret(settings))
-    ]
+    kit = KitInterceptor(
+        settings.process.service, policies, verifier, runtime.audit, internal_secret(settings)
+    )
+    # One process serving several services tags each call with its service (log lines are filed by it).
+    interceptors = (
+        [ServiceTag(settings.process.service), kit] if settings.process.topology == "single" else [kit]
+    )
     options = [
         ("grpc.max_receive_message_length", _MAX_MESSAGE),
         ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -176,7 +192,7 @@ async def _watch_health(runtime: Runtime, names: list[str]) -> None:
             runtime.log.exception("health probe failed")
 
 
-def run_service(name: str, build: Callable[[Runtime], Awaitable[list[ServiceSpec]]]) -> None:
+def run_service(name: str, build: Build) -> None:
     """The main of a gRPC service: serve until SIGTERM/SIGINT, then drain and stop.
 
     On uvloop: grpc.aio runs its own poller thread and works with any loop, and uvloop's loop costs less CPU
@@ -185,28 +201,70 @@ def run_service(name: str, build: Callable[[Runtime], Awaitable[list[ServiceSpec
     uvloop.run(_serve(load_settings(name), build))
 
 
-async def _serve(settings: Settings, build: Callable[[Runtime], Awaitable[list[ServiceSpec]]]) -> None:
-    runtime = new_runtime(settings)
+def stop_signal() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT (call inside the serving loop)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        specs = await build(runtime)
-        server, port = await create_server(runtime, specs)
+    return stop
+
+
+@dataclass(slots=True)
+class Served:
+    """A started service: its runtime, its gRPC server and the port that server is bound to."""
+
+    runtime: Runtime
+    server: grpc.aio.Server
+    port: int
+    metrics: Any = None  # the /metrics HTTP server, when the caller serves it (shut down at stop)
+
+
+async def start_service(runtime: Runtime, build: Build, metrics: MetricsServer | None = None) -> Served:
+    """Builds the service, starts its gRPC server (and its in-process twin) and its /metrics.
+
+    `metrics(host, port)` serves /metrics and returns that HTTP server (default: the process registry).
+    The caller closes the runtime if this raises."""
+    settings = runtime.settings
+    specs = await build(runtime)
+    server, port = await create_server(runtime, specs)
+    served = Served(runtime, server, port)
+    if metrics is None:
         serve_metrics(settings.process.host, settings.process.metrics_port)
-        runtime.log.info(
-            "serving",
-            extra={
-                "port": port,
-                "metrics_port": settings.process.metrics_port,
-                "deps": [str(d.mode) for d in runtime.deps.all()],
-            },
-        )
+    else:
+        served.metrics = metrics(settings.process.host, settings.process.metrics_port)
+    runtime.log.info(
+        "serving",
+        extra={
+            "port": port,
+            "metrics_port": settings.process.metrics_port,
+            "deps": [str(d.mode) for d in runtime.deps.all()],
+        },
+    )
+    return served
+
+
+async def drain_service(served: Served) -> None:
+    """Health NOT_SERVING, then in-flight calls get SHUTDOWN_GRACE_S on both servers; new ones are refused."""
+    runtime = served.runtime
+    runtime.log.info("stopping: draining in-flight calls")
+    if runtime.health is not None:
+        await runtime.health.enter_graceful_shutdown()
+    stopping = [served.server.stop(SHUTDOWN_GRACE_S)]
+    if runtime.inproc is not None:
+        stopping.append(runtime.inproc.stop(SHUTDOWN_GRACE_S))
+    await asyncio.gather(*stopping)
+    if served.metrics is not None:  # shutdown() waits for the serving thread's next poll: not on the loop
+        await asyncio.to_thread(served.metrics.shutdown)
+        served.metrics.server_close()
+
+
+async def _serve(settings: Settings, build: Build) -> None:
+    runtime = new_runtime(settings)
+    stop = stop_signal()
+    try:
+        served = await start_service(runtime, build)
         await stop.wait()
-        runtime.log.info("stopping: draining in-flight calls")
-        if runtime.health is not None:
-            await runtime.health.enter_graceful_shutdown()
-        await server.stop(SHUTDOWN_GRACE_S)
+        await drain_service(served)
     finally:
         await runtime.close()

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from prometheus_client import REGISTRY, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.core.config import METRICS_PORT_OFFSET, Settings
 from services.core.errors import InvalidArgument
+from services.core.topology import ServiceMetrics
 from services.metrics.prom import Answer
 
 SUPPORTED = 'the embedded engine answers instant queries `name`, `name{label="v"}` (=, !=, =~, !~) and `sum(...)` of those; set PROM_URL for full PromQL'
@@ -102,6 +103,7 @@ class EmbeddedMetrics:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._http = httpx.AsyncClient(timeout=SCRAPE_TIMEOUT_S)
+        self._own = ServiceMetrics(settings.process.service)  # this service's series, whatever the topology
 
     def targets(self) -> dict[str, str]:
         """job -> host:port of /metrics for the other services (this process reads its own registry)."""
@@ -122,7 +124,7 @@ class EmbeddedMetrics:
         return parse_exposition(response.text, job, target)
 
     async def samples(self) -> list[Sample]:
-        own = parse_exposition(generate_latest(REGISTRY).decode(), self.settings.process.service, "self")
+        own = parse_exposition(generate_latest(self._own).decode(), self.settings.process.service, "self")
         scraped = await asyncio.gather(*(self._scrape(j, t) for j, t in self.targets().items()))
         return own + [sample for batch in scraped for sample in batch]
 

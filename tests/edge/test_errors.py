@@ -214,3 +214,34 @@ async def test_an_unexpected_error_in_fastapis_stack_is_logged_once(
     assert response.json()["message"] == internal_message(response.headers["x-request-id"])
     logged = [r for r in caplog.records if r.name.startswith("launchpad.edge") and r.exc_info is not None]
     assert len(logged) == 1, [r.getMessage() for r in logged]
+
+
+@pytest.mark.parametrize(
+    "transport",
+    [
+        "failed to connect to all addresses",
+        "Stream removed (recvmsg:Connection reset by peer (104))",  # the backend died mid-call
+        "Socket closed",
+    ],
+)
+def test_transport_failures_name_the_service_not_the_channel(transport: str) -> None:
+    failure = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), transport
+    )
+    error = api_error(failure, "r", service="data")
+    assert (error.code, error.message) == (
+        Code.UNAVAILABLE,
+        "the data service is unavailable (cannot connect)",
+    )
+
+
+def test_a_services_own_unavailable_keeps_its_message() -> None:
+    failure = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        "PostgreSQL is not available: connection refused",
+    )
+    assert (
+        api_error(failure, "r", service="data").message == "PostgreSQL is not available: connection refused"
+    )

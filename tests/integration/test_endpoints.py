@@ -30,7 +30,7 @@ from services.core.audit import verify_chain
 from services.core.config import EDGE_PORT, METRICS_PORT_OFFSET, SERVICES, built_services
 from services.launcher import Stack
 from tests.conftest import LIVE_ENV
-from tests.support import PrivateDatabase, need_env
+from tests.support import TOPOLOGIES, PrivateDatabase, need_env
 from tools.report import scenarios
 from tools.report.caller import Caller, Session
 from tools.report.scenarios import SCENARIOS, Context
@@ -95,10 +95,13 @@ def base_env(data_dir: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module", params=["embedded", "live"])
+@pytest.fixture(
+    scope="module", params=[(m, t) for t in TOPOLOGIES for m in ("embedded", "live")], ids="-".join
+)
 def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    mode: str = request.param
-    env = base_env(tmp_path_factory.mktemp(f"endpoints-{mode}"))
+    mode, topology = request.param
+    env = base_env(tmp_path_factory.mktemp(f"endpoints-{mode}-{topology}"))
+    env["LAUNCHPAD_TOPOLOGY"] = topology
     database = None
     if mode == "live":
         live = {name: LIVE_ENV[name] or need_env(name) for name in LIVE_ENV}

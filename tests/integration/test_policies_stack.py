@@ -26,7 +26,7 @@ from services.core.config import SERVICES
 from services.launcher import Stack
 from tests.conftest import LIVE_ENV
 from tests.integration.test_endpoints import STRIPPED_PREFIXES
-from tests.support import PrivateDatabase, need_env
+from tests.support import TOPOLOGIES, PrivateDatabase, need_env
 
 PASSWORD = "policy-stack-pw-1"
 BASE_PORT = 26000
@@ -91,17 +91,20 @@ class Tenant:
         return self.client.put(f"/api/policies/{policy['name']}", json=policy, headers=self.headers(user))
 
 
-@pytest.fixture(scope="module", params=["embedded", "live"])
+@pytest.fixture(
+    scope="module", params=[(m, t) for t in TOPOLOGIES for m in ("embedded", "live")], ids="-".join
+)
 def stack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Stack]]:
-    mode: str = request.param
-    data_dir: Path = tmp_path_factory.mktemp(f"policies-{mode}")
+    mode, topology = request.param
+    data_dir: Path = tmp_path_factory.mktemp(f"policies-{mode}-{topology}")
     env = {k: v for k, v in os.environ.items() if not k.startswith(STRIPPED_PREFIXES)}
     env.update(
         LAUNCHPAD_DATA_DIR=str(data_dir),
         LAUNCHPAD_LOG_DIR=str(data_dir / "logs"),
         LAUNCHPAD_ADMIN_PASSWORD=PASSWORD,
+        LAUNCHPAD_TOPOLOGY=topology,
         LAUNCHPAD_EDGE_PORT=str(BASE_PORT + 1),
         LAUNCHPAD_PUBLIC_URL=f"http://127.0.0.1:{BASE_PORT + 1}",
         **{f"LAUNCHPAD_{name.upper()}_PORT": str(BASE_PORT + port - 8000) for name, port in SERVICES.items()},

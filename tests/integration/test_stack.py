@@ -17,7 +17,7 @@ from services.auth.ratelimit import CLIENT_FACTOR
 from services.core.config import SERVICES, load_settings
 from services.launcher import Stack
 from tests.conftest import ISOLATED
-from tests.support import openssl_verifies, stored_object
+from tests.support import TOPOLOGIES, openssl_verifies, stored_object
 
 PASSWORD = "integration-pw-1"
 BASE_PORT = 28000
@@ -25,11 +25,12 @@ OTHER_CLIENT = "127.0.0.2"  # another client address on the loopback
 LOGIN_LIMIT = 4  # failed logins per user and address a minute; an address gets CLIENT_FACTOR times that
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("stack")
+@pytest.fixture(scope="module", params=TOPOLOGIES)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp(f"stack-{request.param}")
     env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
     env.update(
+        LAUNCHPAD_TOPOLOGY=request.param,
         LAUNCHPAD_DATA_DIR=str(data_dir),
         LAUNCHPAD_LOG_DIR=str(data_dir / "logs"),
         LAUNCHPAD_ADMIN_PASSWORD=PASSWORD,
@@ -307,3 +308,9 @@ async def test_ws_realtime_subscribe_and_receive(stack: Stack, admin: dict[str, 
         while (got := await until(sub, "message"))["topic"] != "orders":
             pass  # heartbeats of the other topic interleave
         assert got["message"] == {"id": 42} and got["offset"] == published["offset"]
+
+
+def test_health_names_the_topology_it_runs(stack: Stack, client: httpx.Client) -> None:
+    assert client.get("/health").json()["topology"] == stack.topology
+    processes = [name for name, _ in stack.processes()]
+    assert processes == (["launchpad"] if stack.topology == "single" else [*stack.services, "edge"])

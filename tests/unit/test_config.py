@@ -269,6 +269,12 @@ def _defaults(s: Settings) -> dict[str, tuple[Any, Any, str, str]]:
             "`./reports/logs`",
         ),
         "LAUNCHPAD_HOST": (s.process.host, "127.0.0.1", "`LAUNCHPAD_HOST`", "`127.0.0.1`"),
+        "LAUNCHPAD_TOPOLOGY": (
+            s.process.topology,
+            "split",
+            "`LAUNCHPAD_TOPOLOGY`",
+            "| `split` (`make up`: `single`) |",
+        ),
         "LAUNCHPAD_<SVC>_ADDR": (
             dict(s.peers.addresses),
             ports,
@@ -428,6 +434,7 @@ def test_values_are_parsed_as_documented(clean_env: dict[str, str]) -> None:
         ("LAUNCHPAD_AI_TIMEOUT_MS", "1.5", "LAUNCHPAD_AI_TIMEOUT_MS must be an integer"),
         ("SIMULATION_MODE", "maybe", "SIMULATION_MODE must be true, false or auto, got 'maybe'"),
         ("MINIO_ENDPOINT", "ftp://s3:21", "MINIO_ENDPOINT must be host:port or http(s)://host:port"),
+        ("LAUNCHPAD_TOPOLOGY", "mono", "LAUNCHPAD_TOPOLOGY must be split or single, got 'mono'"),
     ],
 )
 def test_bad_values_fail_loudly(clean_env: dict[str, str], name: str, value: str, message: str) -> None:
