@@ -25,11 +25,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -37,30 +36,12 @@ import pytest
 
 from services.core.audit import verify_chain
 from services.launcher import ROOT, Stack
-from tests.conftest import ISOLATED, LIVE_ENV
+from tests.conftest import LIVE_ENV
+from tests.integration.stacks import WAIT_S, eventually, stack_env
 from tests.support import PrivateDatabase, live_required, need_env
 
 PASSWORD = "faults-pw-1"
-WAIT_S = 60.0  # upper bound of every wait for a state change, not a timing assertion
 UNAVAILABLE = 14
-T = TypeVar("T")
-
-
-def stack_env(data_dir: Path, base: int, services: list[str], **extra: str) -> dict[str, str]:
-    """Embedded defaults (no live variable inherited), the edge on base+1, service <port> on base+port-8000."""
-    from services.core.config import SERVICES
-
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED}
-    env.update(
-        LAUNCHPAD_DATA_DIR=str(data_dir),
-        LAUNCHPAD_LOG_DIR=str(data_dir / "logs"),
-        LAUNCHPAD_ADMIN_PASSWORD=PASSWORD,
-        LAUNCHPAD_EDGE_PORT=str(base + 1),
-        LAUNCHPAD_PUBLIC_URL=f"http://127.0.0.1:{base + 1}",
-        **{f"LAUNCHPAD_{name.upper()}_PORT": str(base + SERVICES[name] - 8000) for name in services},
-    )
-    env.update(extra)
-    return env
 
 
 @contextlib.contextmanager
@@ -89,18 +70,6 @@ def start_process(stack: Stack, name: str) -> None:
     env = {**stack.env, "LAUNCHPAD_BACKENDS": ",".join(stack.services)}
     env["PYTHONPATH"] = f"{ROOT / 'generated'}:{ROOT}"
     stack.procs[name] = subprocess.Popen([sys.executable, "-m", f"services.{name}"], env=env, cwd=ROOT)
-
-
-def eventually(probe: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
-    """Polls probe() until done(result) holds, up to WAIT_S; fails with the last result otherwise."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        result = probe()
-        if done(result):
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: still {result!r} after {WAIT_S:.0f}s")
-        time.sleep(0.2)
 
 
 def login(http: httpx.Client, username: str = "admin", password: str = PASSWORD) -> dict[str, str]:
@@ -134,7 +103,7 @@ def assert_unavailable(response: httpx.Response, *words: str) -> None:
 def test_a_stopped_backend_is_503_and_named_then_the_edge_recovers(tmp_path: Path) -> None:
     services = ["data", "auth"]
     with (
-        running(stack_env(tmp_path / "data", 35000, services), services) as stack,
+        running(stack_env(tmp_path / "data", 35000, PASSWORD, services), services) as stack,
         httpx.Client(base_url=stack.edge_url, timeout=30) as http,
     ):
         admin = login(http)
@@ -176,7 +145,7 @@ def test_a_killed_data_process_under_writes_is_restarted_and_loses_nothing_ackno
     from services.core.supervision import Policy
 
     services = ["data", "auth"]
-    env = stack_env(tmp_path / "data", 35400, services)
+    env = stack_env(tmp_path / "data", 35400, PASSWORD, services)
     stack = Stack(env, services=services, supervise=True, policy=Policy(initial_backoff_s=1.0))
     stack.start()
     table = f"acked_{uuid.uuid4().hex[:6]}"
@@ -329,7 +298,7 @@ def test_postgres_away_is_unavailable_with_nothing_written_elsewhere_then_recove
     dsn, proxy = pg_through_proxy
     services = ["data", "auth"]
     data_dir = tmp_path / "data"
-    env = stack_env(data_dir, 35100, services, POSTGRES_DSN=dsn, SIMULATION_MODE="false")
+    env = stack_env(data_dir, 35100, PASSWORD, services, POSTGRES_DSN=dsn, SIMULATION_MODE="false")
     with running(env, services) as stack, httpx.Client(base_url=stack.edge_url, timeout=30) as http:
         admin = login(http)
         table = f"faults_{uuid.uuid4().hex[:8]}"
@@ -456,7 +425,9 @@ async def test_redis_away_is_unavailable_with_nothing_delivered_elsewhere_then_r
     from websockets.asyncio.client import connect
 
     services = ["auth", "realtime"]
-    env = stack_env(tmp_path / "data", 35200, services, REDIS_URL=private_redis.url, SIMULATION_MODE="false")
+    env = stack_env(
+        tmp_path / "data", 35200, PASSWORD, services, REDIS_URL=private_redis.url, SIMULATION_MODE="false"
+    )
     stack = await asyncio.to_thread(Stack, env, services)
     await asyncio.to_thread(stack.start)
     try:
@@ -551,7 +522,7 @@ def test_everything_survives_a_whole_stack_restart_on_embedded_defaults(tmp_path
 
     services = built_services()
     data_dir = tmp_path / "data"
-    env = stack_env(data_dir, 35300, services)
+    env = stack_env(data_dir, 35300, PASSWORD, services)
     name, table = f"r{uuid.uuid4().hex[:8]}", f"kept_{uuid.uuid4().hex[:6]}"
     wpk = {"name": "restart-me", "version": "1.0.0", "steps": [{"name": "run", "run": "true"}]}
     with running(env, services) as stack, httpx.Client(base_url=stack.edge_url, timeout=30) as http:

@@ -23,32 +23,22 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from services.core.config import SERVICES, built_services
+from services.core.config import built_services
 from services.launcher import ROOT, Stack
-from tests.conftest import ISOLATED
+from tests.integration.stacks import stack_env
 
 PASSWORD = "single-pw-1"
 SINGLE_BASE, SPLIT_BASE = 36700, 36750  # edge base+1, services base+11..18, /metrics 1000 above those
 VOLATILE = {"elapsed_ms", "request_id", "ts", "prev"}  # differ between any two runs of a request
 
 
-def stack_env(base: int, data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED and k != "LAUNCHPAD_TOPOLOGY"}
-    env.update(
-        LAUNCHPAD_DATA_DIR=str(data_dir),
-        LAUNCHPAD_LOG_DIR=str(data_dir / "logs"),
-        LAUNCHPAD_ADMIN_PASSWORD=PASSWORD,
-        LAUNCHPAD_EDGE_PORT=str(base + 1),
-        LAUNCHPAD_PUBLIC_URL=f"http://127.0.0.1:{base + 1}",
-        **{f"LAUNCHPAD_{name.upper()}_PORT": str(base + port - 8000) for name, port in SERVICES.items()},
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
 def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One `python -m services.single` process, watched through a Stack (its health waits and stop)."""
-    env = {**stack_env(SINGLE_BASE, tmp_path_factory.mktemp("single")), "LAUNCHPAD_TOPOLOGY": "single"}
+    env = {
+        **stack_env(tmp_path_factory.mktemp("single"), SINGLE_BASE, PASSWORD),
+        "LAUNCHPAD_TOPOLOGY": "single",
+    }
     env["PYTHONPATH"] = f"{ROOT / 'generated'}:{ROOT}"
     running = Stack(env)
     command = [sys.executable, "-m", "services.single"]
@@ -64,7 +54,7 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(stack_env(SPLIT_BASE, tmp_path_factory.mktemp("split")))
+    running = Stack(stack_env(tmp_path_factory.mktemp("split"), SPLIT_BASE, PASSWORD))
     running.start()
     yield running
     running.stop()

@@ -13,38 +13,21 @@ Waits poll a condition up to a generous bound; nothing asserts how long anything
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 
-from services.core.config import SERVICES
 from services.core.supervision import Policy
 from services.launcher import Stack
-from tests.conftest import ISOLATED
+from tests.integration.stacks import eventually, stack_env
 
 PASSWORD = "supervision-pw-1"
-WAIT_S = 60.0  # upper bound of every wait for a state change, not a timing assertion
-T = TypeVar("T")
-
-
-def stack_env(data_dir: Path, base: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ISOLATED and k != "LAUNCHPAD_TOPOLOGY"}
-    env.update(
-        LAUNCHPAD_DATA_DIR=str(data_dir),
-        LAUNCHPAD_LOG_DIR=str(data_dir / "logs"),
-        LAUNCHPAD_ADMIN_PASSWORD=PASSWORD,
-        LAUNCHPAD_EDGE_PORT=str(base + 1),
-        LAUNCHPAD_PUBLIC_URL=f"http://127.0.0.1:{base + 1}",
-        **{f"LAUNCHPAD_{name.upper()}_PORT": str(base + port - 8000) for name, port in SERVICES.items()},
-    )
-    return env
 
 
 @contextlib.contextmanager
@@ -55,17 +38,6 @@ def supervised(env: dict[str, str], services: list[str], policy: Policy) -> Iter
         yield stack
     finally:
         stack.stop()
-
-
-def eventually(probe: Callable[[], T], done: Callable[[T], bool], what: str) -> T:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        result = probe()
-        if done(result):
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: still {result!r} after {WAIT_S:.0f}s")
-        time.sleep(0.2)
 
 
 def login(http: httpx.Client) -> dict[str, str]:
@@ -98,7 +70,7 @@ def test_a_killed_service_is_503_alone_then_restarted_and_back(
     # A backoff long enough that the down window is seen for sure; the default is 0.5 s.
     policy = Policy(initial_backoff_s=2.0)
     with (
-        supervised(stack_env(tmp_path / "data", 36800), services, policy) as stack,
+        supervised(stack_env(tmp_path / "data", 36800, PASSWORD), services, policy) as stack,
         httpx.Client(base_url=stack.edge_url, timeout=30) as http,
     ):
         admin = login(http)
@@ -145,7 +117,7 @@ def test_a_process_that_dies_at_every_start_is_given_up_on_and_reported(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     services = ["auth", "metrics"]
-    env = stack_env(tmp_path / "data", 36900)
+    env = stack_env(tmp_path / "data", 36900, PASSWORD)
     port = int(env["LAUNCHPAD_METRICS_PORT"])
     taken = socket.socket()
     taken.bind(
